@@ -1,0 +1,87 @@
+# The C surface of michigrad's compiled core: the node arena, the op codes, the Value handle.
+#
+# A node lives in one growable C array (the arena) and is named by its index; Python `Value`
+# objects are handles that hold an index, never a pointer, because the array moves when it
+# grows. The whole module's state is the single `Arena` in _engine.pyx.
+
+from cpython.object cimport PyObject
+from libc.stdint cimport int32_t, uint16_t, uint32_t
+
+# Op codes: one entry of the op table each (forward in the Value methods, local backward in
+# `_apply_local_backward`).
+cdef enum Op:
+    OP_LEAF = 0      # Value(x): no children (also numbers wrapped by an operator)
+    OP_ADD = 1       # '+'
+    OP_MUL = 2       # '*'
+    OP_POWC = 3      # '**c' with c a number, kept in aux
+    OP_POW = 4       # '**' Value ** Value
+    OP_EXP = 5       # 'exp'
+    OP_LOG = 6       # 'log'
+    OP_TANH = 7      # 'tanh'
+    OP_RELU = 8      # 'ReLU'
+    OP_SIGMOID = 9   # 'sigmoid'
+    OP_ABS = 10      # 'abs'
+    OP_PYTHON = 11   # Value(x, children, 'label'): local backward is a Python callable
+
+# Node flag bits.
+cdef enum Flag:
+    F_DATA_INT = 1    # data is a Python int (exact: |data| < 2**53)
+    F_GRAD_INT = 2    # grad is a Python int
+    F_AUX_INT = 4     # the op constant (exponent of '**c') is an int
+    F_PY_BACKWARD = 8 # extra.backward overrides the op table's local backward
+    F_LABEL = 16      # extra.label overrides the op table's label
+
+# More than two children (Python ops only) live in a malloc'd array owned by the node.
+cdef union Kids:
+    int32_t pair[2]
+    int32_t* many
+
+# 64 bytes: the whole per-node cost while no handle is alive.
+ctypedef struct Node:
+    double data
+    double grad
+    double aux           # op constant: the exponent of '**c'
+    Kids kids            # children (pair[i] == -1 when absent, or `many` when nkids > 2)
+    int32_t nkids
+    uint32_t refcnt      # the live handle (0 or 1) + one per reference from a parent
+    uint32_t mark        # visit epoch during backward; next-slot link while free or dying
+    uint16_t op
+    uint16_t flags
+    PyObject* handle     # borrowed: the live Value handle of this node, or NULL
+    PyObject* extra      # owned: a NodeExtra (name, label, Python backward, attributes) or NULL
+
+ctypedef struct Arena:
+    Node* nodes
+    int32_t capacity
+    int32_t free_head    # first free slot, -1 when none
+    int32_t dying_head   # nodes whose count reached zero, waiting to be released
+    bint releasing       # a release loop is running (re-entrant releases queue onto it)
+    uint32_t epoch       # current backward visit mark
+    Py_ssize_t live      # counters for the debug hook `_arena_stats()`
+    Py_ssize_t allocations
+    Py_ssize_t reuses
+
+
+cdef class NodeExtra:
+    """What a node holds for Python: only nodes that need one have it."""
+    cdef str name
+    cdef str label
+    cdef object backward
+    cdef dict attrs      # extra attributes set on the Value (optimiser state, ...)
+
+
+cdef class Value:
+    cdef int32_t _i          # arena slot; 0 (never a node) until __init__ or the engine sets it
+    cdef object __weakref__
+    # Never set: an object field makes Cython build the type with GC support, which the handle
+    # needs to report what its node holds for Python (the generated traverse/clear are replaced).
+    cdef object _gc_support
+
+
+cdef Value handle_of(int32_t i)
+cdef int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a, int32_t b) except -1
+cdef int reserve(int32_t n) except -1
+cdef void incref_node(int32_t i) noexcept
+cdef void decref_node(int32_t i) noexcept
+cdef int run_backward(int32_t root) except -1
+cdef int apply_local_backward(int32_t i) except -1

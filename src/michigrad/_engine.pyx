@@ -1,0 +1,1126 @@
+# cython: language_level=3
+"""michigrad's compiled core: node arena, op table, Value handles, iterative backward.
+
+The semantics are those of the pure-Python engine in ``_reference.py`` (the executable
+specification); this module computes the same IEEE operations in the same order, so forward values
+and gradients are bit-identical to it. What differs is where things live:
+
+* Every node is a 64-byte ``Node`` in one growable C array (``Arena``). A ``Value`` is a handle that
+  holds the node's index. A node remembers its live handle, so ``_prev`` hands back the same
+  objects; a node without a live handle costs nothing but its slot.
+* Lifetime is reference counting in the arena: a node is alive while its handle or a parent refers
+  to it. When the count drops to zero the slot is recycled and the children are released in a
+  loop, never by recursion, so a graph of any depth is freed in constant stack.
+* Built-in ops create no Python reference cycles. A custom op's ``_backward`` closure usually
+  captures its own output handle; the handle type takes part in the cyclic GC and visits what its
+  node holds for Python (see ``_traverse``), so such cycles are collected.
+"""
+
+cimport cython
+from cpython.exc cimport PyErr_WriteUnraisable
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
+from cpython.long cimport PyLong_AsDouble, PyLong_AsLongLongAndOverflow, PyLong_FromLongLong
+from cpython.number cimport PyIndex_Check
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.math cimport copysign, exp, fabs, floor, fmod, isfinite, isinf, isnan, log, pow, tanh, INFINITY, NAN
+from libc.stdint cimport INT32_MAX, int32_t, uint16_t, uint32_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
+
+import operator
+
+cdef extern from "Python.h":
+    int generic_setattr "PyObject_GenericSetAttr" (PyObject* o, PyObject* name, PyObject* value) except -1
+    bint PyObject_GC_IsTracked(object o)
+    void PyObject_GC_Track(void* o)
+    void PyObject_GC_UnTrack(void* o)
+    # the GC slot types, with the exception behaviour they really have (none)
+    ctypedef int (*visitproc)(PyObject*, void*) noexcept
+    ctypedef int (*traverseproc)(PyObject*, visitproc, void*) noexcept
+    ctypedef int (*inquiry)(PyObject*) noexcept
+
+# Ints are exact in a double below this magnitude; beyond it they become floats (as in _reference).
+cdef double EXACT_INT_LIMIT = 9007199254740992.0  # 2**53
+cdef int32_t FIRST_CAPACITY = 1024
+
+cdef Arena A
+A.nodes = NULL
+A.capacity = 0
+A.free_head = -1
+A.dying_head = -1
+A.releasing = False
+A.epoch = 0
+A.live = 0
+A.allocations = 0
+A.reuses = 0
+cdef int32_t high_water = 0  # slots below this have been used before (for the reuse counter)
+
+
+# ===================================================================================== the arena
+
+cdef int grow(Py_ssize_t needed) except -1:
+    """Enlarge the arena so that `needed` more nodes fit. Never leaves a half-grown state."""
+    cdef Py_ssize_t capacity = A.capacity if A.capacity > 0 else FIRST_CAPACITY
+    while capacity - A.live < needed or capacity == A.capacity:
+        capacity *= 2
+        if capacity > INT32_MAX:
+            raise MemoryError("michigrad: the node arena is full (2**31 nodes)")
+    cdef size_t nbytes = <size_t>capacity * sizeof(Node)
+    cdef Node* nodes = <Node*>realloc(A.nodes, nbytes)
+    if nodes == NULL:
+        raise MemoryError(f"michigrad: cannot grow the node arena to {capacity} nodes")
+    memset(&nodes[A.capacity], 0, <size_t>(capacity - A.capacity) * sizeof(Node))
+    cdef int32_t k, first = A.capacity if A.capacity > 0 else 1  # slot 0: never a node
+    for k in range(<int32_t>capacity - 1, first - 1, -1):  # lowest new slot first
+        nodes[k].mark = <uint32_t>A.free_head
+        A.free_head = k
+    if A.capacity == 0:
+        A.live = 1  # the sentinel counts as used
+    A.nodes = nodes
+    A.capacity = <int32_t>capacity
+    return 0
+
+
+cdef inline int reserve(int32_t n) except -1:
+    """Make sure the next `n` new_node calls cannot fail (so no op is left half-built)."""
+    if A.capacity - A.live < n:
+        grow(n)
+    return 0
+
+
+cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a, int32_t b) except -1:
+    """A fresh node with children a and b (-1 for none), holding a reference to each. Its own
+    count starts at zero: the caller links it to a handle or a parent."""
+    if A.free_head < 0:
+        grow(1)
+    cdef int32_t i = A.free_head
+    cdef Node* n = &A.nodes[i]
+    A.free_head = <int32_t>n.mark
+    n.data = data
+    n.grad = 0.0
+    n.aux = 0.0
+    n.kids.pair[0] = a
+    n.kids.pair[1] = b
+    n.nkids = (a >= 0) + (b >= 0)
+    n.refcnt = 0
+    n.mark = 0
+    n.op = op
+    n.flags = flags | F_GRAD_INT  # grad starts as the int 0, as in micrograd
+    n.handle = NULL
+    n.extra = NULL
+    if a >= 0:
+        A.nodes[a].refcnt += 1
+    if b >= 0:
+        A.nodes[b].refcnt += 1
+    A.live += 1
+    A.allocations += 1
+    global high_water
+    if i < high_water:
+        A.reuses += 1
+    else:
+        high_water = i + 1
+    return i
+
+
+cdef inline int32_t kid(Node* n, int32_t k) noexcept nogil:
+    return n.kids.many[k] if n.nkids > 2 else n.kids.pair[k]
+
+
+cdef inline void incref_node(int32_t i) noexcept:
+    A.nodes[i].refcnt += 1
+
+
+cdef inline void queue_if_dead(int32_t i) noexcept:
+    cdef Node* n = &A.nodes[i]
+    n.refcnt -= 1
+    if n.refcnt == 0:
+        n.mark = <uint32_t>A.dying_head
+        A.dying_head = i
+
+
+cdef void decref_node(int32_t i) noexcept:
+    """Drop one reference to node i; free it and, iteratively, whatever only it kept alive.
+
+    Freeing a node may run Python code (its extra's closure holds handles of other nodes, whose
+    deallocation calls back here): those releases are queued on the running loop, so the depth of
+    the graph never becomes depth of the C stack."""
+    queue_if_dead(i)
+    if A.releasing or A.dying_head < 0:
+        return
+    A.releasing = True
+    cdef Node* n
+    cdef PyObject* extra
+    cdef int32_t k
+    while A.dying_head >= 0:
+        i = A.dying_head
+        n = &A.nodes[i]
+        A.dying_head = <int32_t>n.mark
+        if n.nkids > 2:
+            for k in range(n.nkids):
+                queue_if_dead(n.kids.many[k])
+            free(n.kids.many)
+        else:
+            for k in range(n.nkids):
+                queue_if_dead(n.kids.pair[k])
+        extra = n.extra
+        n.extra = NULL
+        n.nkids = 0
+        n.op = OP_LEAF
+        n.mark = <uint32_t>A.free_head
+        A.free_head = i
+        A.live -= 1
+        if extra != NULL:
+            Py_DECREF(<object>extra)  # may re-enter decref_node: it queues and returns
+    A.releasing = False
+
+
+cdef inline Value new_handle(int32_t i):
+    """A handle for node i, which has none (a new node's handle, or one recreated for _prev)."""
+    cdef Value v
+    try:
+        v = Value.__new__(Value)
+    except BaseException:  # out of memory: a new node with no owner must not linger
+        incref_node(i)
+        decref_node(i)
+        raise
+    PyObject_GC_UnTrack(<void*>v)  # see track_if_needed
+    cdef Node* n = &A.nodes[i]
+    v._i = i
+    n.handle = <PyObject*>v
+    n.refcnt += 1
+    if n.extra != NULL:
+        track_if_needed(v)
+    return v
+
+
+cdef inline void track_if_needed(Value v) noexcept:
+    """Handles are left out of the cyclic GC (it would only slow every allocation down) until
+    their node holds a Python callable or attributes, which can form a cycle back to them."""
+    cdef NodeExtra e
+    if A.nodes[v._i].extra == NULL or PyObject_GC_IsTracked(v):
+        return
+    e = <NodeExtra>A.nodes[v._i].extra
+    if e.backward is not None or e.attrs is not None:
+        PyObject_GC_Track(<void*>v)
+
+
+cdef Value handle_of(int32_t i):
+    """The live handle of node i (the same object every time while it lives)."""
+    cdef PyObject* h = A.nodes[i].handle
+    if h != NULL:
+        return <Value>h
+    return new_handle(i)
+
+
+cdef NodeExtra extra_of(int32_t i):
+    """The node's NodeExtra, made on first use."""
+    cdef Node* n = &A.nodes[i]
+    if n.extra == NULL:
+        e = NodeExtra()
+        Py_INCREF(e)
+        A.nodes[i].extra = <PyObject*>e  # re-index: NodeExtra() may have run the GC
+        return e
+    return <NodeExtra>n.extra
+
+
+# =============================================================================== numbers
+
+cdef inline bint fits_int(double x) noexcept nogil:
+    return -EXACT_INT_LIMIT < x < EXACT_INT_LIMIT
+
+
+cdef int int_as_number(object x, double* out, bint* is_int) except -1:
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(x, &overflow)
+    if overflow == 0 and -9007199254740992 < v < 9007199254740992:
+        out[0] = <double>v
+        is_int[0] = True
+    else:
+        out[0] = PyLong_AsDouble(x)  # OverflowError when too large for a float
+        is_int[0] = False
+    return 1
+
+
+cdef int as_number(object x, double* out, bint* is_int) except -1:
+    """1 and the number in out/is_int if x is a real number (int, float, numpy scalar, ...);
+    0 if it is not one (the caller returns NotImplemented or raises TypeError)."""
+    if type(x) is float:
+        out[0] = PyFloat_AS_DOUBLE(x)
+        is_int[0] = False
+        return 1
+    if type(x) is int:
+        return int_as_number(x, out, is_int)
+    if x is None or isinstance(x, (str, bytes, bytearray, complex, Value)):
+        return 0
+    if PyIndex_Check(x):  # bool, numpy integers
+        return int_as_number(operator.index(x), out, is_int)
+    if hasattr(type(x), "__float__"):  # float subclasses, numpy floats, Fraction, Decimal
+        try:
+            out[0] = float(x)
+        except (TypeError, ValueError):
+            return 0
+        is_int[0] = False
+        return 1
+    return 0
+
+
+cdef int require_number(object x, double* out, bint* is_int, str what) except -1:
+    if not as_number(x, out, is_int):
+        raise TypeError(f"{what} must be a real number, not {type(x).__name__}")
+    return 0
+
+
+cdef inline object number_object(double x, bint is_int):
+    if is_int:
+        return PyLong_FromLongLong(<long long>x)
+    return PyFloat_FromDouble(x)
+
+
+cdef inline bint is_odd_integer(double x) noexcept nogil:
+    return fmod(fabs(x), 2.0) == 1.0
+
+
+cdef double python_pow(double x, double y, bint* overflow, bint* zero_division, bint* complex_result) noexcept nogil:
+    """x ** y exactly as CPython's float.__pow__ computes it, reporting where it would raise
+    (the result is then C99's: infinities, or nan for a complex result)."""
+    cdef bint negate = False
+    cdef double r
+    overflow[0] = zero_division[0] = complex_result[0] = False
+    if y == 0.0:
+        return 1.0
+    if isnan(x):
+        return x
+    if isnan(y):
+        return 1.0 if x == 1.0 else y
+    if isinf(y):
+        x = fabs(x)
+        if x == 1.0:
+            return 1.0
+        return fabs(y) if (y > 0.0) == (x > 1.0) else 0.0
+    if isinf(x):
+        if y > 0.0:
+            return x if is_odd_integer(y) else fabs(x)
+        return copysign(0.0, x) if is_odd_integer(y) else 0.0
+    if x == 0.0:
+        if y < 0.0:
+            zero_division[0] = True
+            return copysign(INFINITY, x) if is_odd_integer(y) else INFINITY
+        return x if is_odd_integer(y) else 0.0
+    if x < 0.0:
+        if y != floor(y):
+            complex_result[0] = True
+            return NAN
+        x = -x
+        negate = is_odd_integer(y)
+    if x == 1.0:
+        return -1.0 if negate else 1.0
+    r = pow(x, y)
+    if isinf(r):
+        overflow[0] = True
+    return -r if negate else r
+
+
+cdef inline double ieee_pow(double x, double y) noexcept nogil:
+    cdef bint o, z, c
+    return python_pow(x, y, &o, &z, &c)
+
+
+cdef double checked_pow(double x, bint x_int, double y, bint y_int, bint* result_int) except? -1.0:
+    """x ** y with Python's errors; int ** non-negative int is an int while it fits."""
+    cdef bint overflow, zero_division, complex_result
+    cdef double r = python_pow(x, y, &overflow, &zero_division, &complex_result)
+    if zero_division:
+        raise ZeroDivisionError("0.0 cannot be raised to a negative power")
+    if complex_result:
+        raise ValueError(f"{number_object(x, x_int)!r} ** {number_object(y, y_int)!r} is a "
+                         "complex number; Value supports real numbers only")
+    if overflow:
+        raise OverflowError(f"{number_object(x, x_int)!r} ** {number_object(y, y_int)!r} is "
+                            "too large for a float")
+    result_int[0] = x_int and y_int and y >= 0.0 and fits_int(r)
+    return r + 0.0 if result_int[0] else r  # an int result has no negative zero
+
+
+cdef inline double pow_grad(double x, double c) noexcept nogil:
+    """d(x**c)/dx = c * x**(c-1), micrograd's formula; 0 when c == 0, as in PyTorch."""
+    if c == 0.0:
+        return 0.0
+    return c * ieee_pow(x, c - 1.0)
+
+
+cdef inline bint pow_grad_is_int(double x, bint x_int, double c, bint c_int, double g) noexcept nogil:
+    return x_int and c_int and c >= 1.0 and fits_int(g)
+
+
+cdef inline double ieee_log(double x) noexcept nogil:
+    if x > 0.0:
+        return log(x)
+    return -INFINITY if x == 0.0 else NAN
+
+
+cdef inline double sigmoid(double x) noexcept nogil:
+    """1 / (1 + e**-x), computed so that neither branch can overflow."""
+    cdef double e
+    if x >= 0.0:
+        return 1.0 / (1.0 + exp(-x))
+    e = exp(x)
+    return e / (1.0 + e)
+
+
+# ============================================================================== the op table
+
+cdef inline void accumulate(Node* n, double contrib, bint contrib_int) noexcept nogil:
+    """n.grad += contrib, keeping Python's int/float distinction."""
+    if contrib_int and (n.flags & F_GRAD_INT):
+        n.grad = (n.grad + (contrib + 0.0)) + 0.0
+        if not fits_int(n.grad):
+            n.flags &= ~F_GRAD_INT
+    else:
+        if contrib_int:
+            contrib = contrib + 0.0  # an int contribution has no negative zero
+        n.grad = n.grad + contrib
+        n.flags &= ~F_GRAD_INT
+
+
+cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
+    """Add node i's contribution to its children's gradients: the local derivative of each op,
+    in the same IEEE operations and order as _reference.py."""
+    cdef Node* out = &nodes[i]
+    cdef double g = out.grad
+    cdef bint gi = (out.flags & F_GRAD_INT) != 0
+    cdef Node* a
+    cdef Node* b
+    cdef double x, c, contrib
+    cdef bint xi, ci
+    cdef uint16_t op = out.op
+    if op == OP_LEAF or op == OP_PYTHON:
+        return
+    a = &nodes[out.kids.pair[0]]
+    if op == OP_ADD:
+        b = &nodes[out.kids.pair[1]]
+        accumulate(a, g, gi)
+        accumulate(b, g, gi)
+    elif op == OP_MUL:
+        b = &nodes[out.kids.pair[1]]
+        contrib = b.data * g
+        accumulate(a, contrib, gi and (b.flags & F_DATA_INT) and fits_int(contrib))
+        contrib = a.data * g
+        accumulate(b, contrib, gi and (a.flags & F_DATA_INT) and fits_int(contrib))
+    elif op == OP_POWC or op == OP_POW:
+        x = a.data
+        xi = (a.flags & F_DATA_INT) != 0
+        if op == OP_POWC:
+            c = out.aux
+            ci = (out.flags & F_AUX_INT) != 0
+        else:
+            b = &nodes[out.kids.pair[1]]
+            c = b.data
+            ci = (b.flags & F_DATA_INT) != 0
+        contrib = pow_grad(x, c)
+        if pow_grad_is_int(x, xi, c, ci, contrib):
+            contrib = contrib * g
+            accumulate(a, contrib, gi and fits_int(contrib))
+        else:
+            accumulate(a, contrib * g, False)
+        if op == OP_POW:  # the exponent's gradient: x**y * log(x), 0 where x == 0
+            b = &nodes[out.kids.pair[1]]
+            contrib = 0.0 if x == 0.0 else out.data * ieee_log(x)
+            accumulate(b, contrib * g, False)
+    elif op == OP_EXP:
+        accumulate(a, out.data * g, False)
+    elif op == OP_LOG:
+        accumulate(a, (1.0 / a.data) * g, False)
+    elif op == OP_TANH:
+        accumulate(a, (1.0 - out.data * out.data) * g, False)
+    elif op == OP_RELU:
+        accumulate(a, <double>(out.data > 0.0) * g, gi)
+    elif op == OP_SIGMOID:
+        accumulate(a, (out.data * (1.0 - out.data)) * g, False)
+    elif op == OP_ABS:
+        x = a.data
+        accumulate(a, <double>((x > 0.0) - (x < 0.0)) * g, gi)
+
+
+cdef int apply_local_backward(int32_t i) except -1:
+    """Run node i's local backward: the op table's, or the Python callable set as _backward."""
+    cdef Node* n = &A.nodes[i]
+    if n.flags & F_PY_BACKWARD:
+        (<NodeExtra>n.extra).backward()
+    else:
+        builtin_local_backward(A.nodes, i)
+    return 0
+
+
+ctypedef struct Frame:
+    int32_t node
+    int32_t next_kid
+
+
+cdef inline uint32_t next_epoch() noexcept:
+    """A fresh visit mark. On wrap-around, clear the marks of live nodes (free slots keep their
+    free-list links in `mark`, and have a zero count)."""
+    cdef int32_t k
+    A.epoch += 1
+    if A.epoch == 0:
+        for k in range(A.capacity):
+            if A.nodes[k].refcnt > 0:
+                A.nodes[k].mark = 0
+        A.epoch = 1
+    return A.epoch
+
+
+cdef int grow_buffer(void** buffer, Py_ssize_t* capacity, size_t item) except -1:
+    cdef Py_ssize_t new_capacity = capacity[0] * 2 if capacity[0] else 4096
+    cdef void* p = realloc(buffer[0], <size_t>new_capacity * item)
+    if p == NULL:
+        raise MemoryError("michigrad: out of memory while ordering the graph for backward()")
+    buffer[0] = p
+    capacity[0] = new_capacity
+    return 0
+
+
+cdef Py_ssize_t topological_order(int32_t root, int32_t** topo_out, bint* has_python) except -1:
+    """Children before parents, depth first in child order (micrograd's build_topo, with an
+    explicit stack). Returns the count; *topo_out is a malloc'd array the caller frees."""
+    cdef uint32_t epoch = next_epoch()
+    cdef Frame* stack = NULL
+    cdef int32_t* topo = NULL
+    cdef Py_ssize_t sp = 0, stack_cap = 0, count = 0, topo_cap = 0
+    cdef Node* nodes = A.nodes
+    cdef Node* n
+    cdef Node* cn
+    cdef Frame* f
+    cdef int32_t c
+    has_python[0] = False
+    try:
+        grow_buffer(<void**>&stack, &stack_cap, sizeof(Frame))
+        grow_buffer(<void**>&topo, &topo_cap, sizeof(int32_t))
+        nodes[root].mark = epoch
+        stack[0].node = root
+        stack[0].next_kid = 0
+        sp = 1
+        while sp > 0:
+            f = &stack[sp - 1]
+            n = &nodes[f.node]
+            if f.next_kid < n.nkids:
+                c = kid(n, f.next_kid)
+                f.next_kid += 1
+                cn = &nodes[c]
+                if cn.mark == epoch:
+                    continue
+                cn.mark = epoch
+                if cn.nkids == 0:  # a leaf goes straight to the order
+                    if count == topo_cap:
+                        grow_buffer(<void**>&topo, &topo_cap, sizeof(int32_t))
+                    topo[count] = c
+                    count += 1
+                    if cn.flags & F_PY_BACKWARD:
+                        has_python[0] = True
+                    continue
+                if sp == stack_cap:
+                    grow_buffer(<void**>&stack, &stack_cap, sizeof(Frame))
+                stack[sp].node = c
+                stack[sp].next_kid = 0
+                sp += 1
+            else:
+                if count == topo_cap:
+                    grow_buffer(<void**>&topo, &topo_cap, sizeof(int32_t))
+                topo[count] = f.node
+                count += 1
+                if n.flags & F_PY_BACKWARD:
+                    has_python[0] = True
+                sp -= 1
+    except BaseException:
+        free(topo)
+        raise
+    finally:
+        free(stack)
+    topo_out[0] = topo
+    return count
+
+
+cdef int run_backward(int32_t root) except -1:
+    """micrograd's backward(): root.grad = 1, then every node's local backward in reverse
+    topological order. Nothing is zeroed. If a Python-defined _backward raises, every gradient in
+    the graph is restored before the exception propagates."""
+    cdef int32_t* topo = NULL
+    cdef bint has_python
+    cdef Py_ssize_t count = topological_order(root, &topo, &has_python)
+    cdef Py_ssize_t k
+    cdef double* saved_grads = NULL
+    cdef uint16_t* saved_flags = NULL
+    cdef Node* nodes
+    cdef int32_t i
+    try:
+        if has_python:  # Python code can fail midway: keep what we need to undo
+            saved_grads = <double*>malloc(<size_t>count * sizeof(double))
+            saved_flags = <uint16_t*>malloc(<size_t>count * sizeof(uint16_t))
+            if saved_grads == NULL or saved_flags == NULL:
+                raise MemoryError("michigrad: out of memory in backward()")
+            for k in range(count):
+                saved_grads[k] = A.nodes[topo[k]].grad
+                saved_flags[k] = A.nodes[topo[k]].flags
+        A.nodes[root].grad = 1.0
+        A.nodes[root].flags |= F_GRAD_INT
+        if not has_python:
+            nodes = A.nodes
+            with nogil:
+                for k in range(count - 1, -1, -1):
+                    builtin_local_backward(nodes, topo[k])
+        else:
+            try:
+                for k in range(count - 1, -1, -1):
+                    apply_local_backward(topo[k])  # re-reads A.nodes: Python may grow the arena
+            except BaseException:
+                for k in range(count):
+                    i = topo[k]
+                    A.nodes[i].grad = saved_grads[k]
+                    A.nodes[i].flags = (A.nodes[i].flags & ~F_GRAD_INT) | (saved_flags[k] & F_GRAD_INT)
+                raise
+    finally:
+        free(topo)
+        free(saved_grads)
+        free(saved_flags)
+    return 0
+
+
+# =============================================================================== Value
+
+cdef class NodeExtra:
+    """What a node holds for Python (name, label, Python backward, a dead handle's attributes).
+    Only nodes that need one have it."""
+
+    def __cinit__(self):
+        self.name = ""
+        self.label = ""
+
+
+cdef inline int32_t index_of(Value v) except -1:
+    if v._i <= 0:  # slot 0 is never a node: a handle not made by __init__ or by the engine
+        raise TypeError("this Value was created without Value.__init__")
+    return v._i
+
+
+cdef inline int32_t operand_node(object other, bint* ok) except -2:
+    """The node of a Value operand, or a new constant leaf for a number (ok=False when other is
+    neither: the operator then returns NotImplemented). The caller has reserved two slots."""
+    cdef double x
+    cdef bint x_int
+    if isinstance(other, Value):
+        ok[0] = True
+        return index_of(<Value>other)
+    if not as_number(other, &x, &x_int):
+        ok[0] = False
+        return -1
+    ok[0] = True
+    return new_node(x, F_DATA_INT if x_int else 0, OP_LEAF, -1, -1)
+
+
+cdef inline uint16_t int_flag(bint is_int) noexcept nogil:
+    return F_DATA_INT if is_int else 0
+
+
+cdef Value unary(Value self, uint16_t op):
+    """One of the elementwise functions: the forward of the op table."""
+    cdef int32_t i = index_of(self)
+    reserve(1)
+    cdef Node* a = &A.nodes[i]
+    cdef double x = a.data, r
+    cdef bint xi = (a.flags & F_DATA_INT) != 0, ri = False
+    if op == OP_EXP:
+        r = exp(x)
+        if isinf(r) and isfinite(x):
+            raise OverflowError(f"exp({number_object(x, xi)!r}) is too large for a float")
+    elif op == OP_LOG:
+        if x <= 0.0:
+            raise ValueError(f"log({number_object(x, xi)!r}): math domain error "
+                             "(log needs a positive number)")
+        r = log(x)
+    elif op == OP_TANH:
+        r = tanh(x)
+    elif op == OP_RELU:
+        if x < 0.0:
+            r = 0.0
+            ri = True
+        else:
+            r = x
+            ri = xi
+    elif op == OP_SIGMOID:
+        r = sigmoid(x)
+    elif op == OP_ABS:
+        r = fabs(x)
+        ri = xi
+    else:
+        raise SystemError(f"michigrad: unknown unary op {op}")
+    return new_handle(new_node(r, int_flag(ri), op, i, -1))
+
+
+cdef object power(Value self, object exponent):
+    """self ** exponent for a number exponent: node '**c' with c kept in aux."""
+    cdef double c
+    cdef bint c_int, ri
+    cdef int32_t i = index_of(self)
+    if not as_number(exponent, &c, &c_int):
+        return NotImplemented
+    reserve(1)
+    cdef Node* a = &A.nodes[i]
+    cdef double r = checked_pow(a.data, (a.flags & F_DATA_INT) != 0, c, c_int, &ri)
+    cdef int32_t k = new_node(r, int_flag(ri), OP_POWC, i, -1)
+    A.nodes[k].aux = c
+    if c_int:
+        A.nodes[k].flags |= F_AUX_INT
+    return new_handle(k)
+
+
+cdef object add(Value self, object other):
+    cdef bint ok
+    cdef int32_t i = index_of(self)
+    reserve(2)
+    cdef int32_t j = operand_node(other, &ok)
+    if not ok:
+        return NotImplemented
+    cdef Node* a = &A.nodes[i]
+    cdef Node* b = &A.nodes[j]
+    cdef double r = a.data + b.data
+    cdef bint ri = (a.flags & b.flags & F_DATA_INT) != 0 and fits_int(r)
+    return new_handle(new_node(r + 0.0 if ri else r, int_flag(ri), OP_ADD, i, j))
+
+
+cdef object multiply(Value self, object other):
+    cdef bint ok
+    cdef int32_t i = index_of(self)
+    reserve(2)
+    cdef int32_t j = operand_node(other, &ok)
+    if not ok:
+        return NotImplemented
+    cdef Node* a = &A.nodes[i]
+    cdef Node* b = &A.nodes[j]
+    cdef double r = a.data * b.data
+    cdef bint ri = (a.flags & b.flags & F_DATA_INT) != 0 and fits_int(r)
+    return new_handle(new_node(r + 0.0 if ri else r, int_flag(ri), OP_MUL, i, j))
+
+
+cdef Value power_value(int32_t base, int32_t exponent):
+    """base ** exponent with both Values: node '**', with a gradient for the exponent too."""
+    cdef bint ri
+    cdef Node* a = &A.nodes[base]
+    cdef Node* b = &A.nodes[exponent]
+    cdef double r = checked_pow(a.data, (a.flags & F_DATA_INT) != 0,
+                                b.data, (b.flags & F_DATA_INT) != 0, &ri)
+    return new_handle(new_node(r, int_flag(ri), OP_POW, base, exponent))
+
+
+cdef object negated(object x):
+    """-x for a number operand (as micrograd's `self + (-other)`), None if x is not one."""
+    cdef double v
+    cdef bint v_int
+    if not as_number(x, &v, &v_int):
+        return None
+    return number_object(-v, v_int)
+
+
+cdef object OP_LABELS = {
+    OP_LEAF: "", OP_ADD: "+", OP_MUL: "*", OP_POW: "**", OP_EXP: "exp", OP_LOG: "log",
+    OP_TANH: "tanh", OP_RELU: "ReLU", OP_SIGMOID: "sigmoid", OP_ABS: "abs", OP_PYTHON: "",
+}
+
+
+@cython.freelist(256)
+@cython.auto_pickle(False)
+cdef class Value:
+    """stores a single scalar value and its gradient"""
+
+    # numpy scalars on the left (`np.float64(2) * v`) defer to our reflected operators
+    __array_ufunc__ = None
+
+    def __init__(self, data, _children=(), str _op="", str name="", *, label=None):
+        cdef double x
+        cdef bint x_int
+        if self._i > 0:
+            raise TypeError("Value.__init__ cannot re-initialise an existing Value")
+        require_number(data, &x, &x_int, "Value data")
+        name = _name_or_label(name, label)
+        children = []
+        for child in _children:
+            if not isinstance(child, Value):
+                raise TypeError(f"Value children must be Values, not {type(child).__name__}")
+            index_of(<Value>child)
+            if not any(child is seen for seen in children):
+                children.append(child)
+        cdef Py_ssize_t nkids = len(children), k
+        cdef int32_t* many = NULL
+        if nkids > 2:
+            many = <int32_t*>malloc(<size_t>nkids * sizeof(int32_t))
+            if many == NULL:
+                raise MemoryError()
+        try:
+            reserve(1)
+            extra = NodeExtra() if (_op or name) else None
+        except BaseException:
+            free(many)
+            raise
+        cdef int32_t i = new_node(x, int_flag(x_int), OP_PYTHON if nkids else OP_LEAF,
+                                  (<Value>children[0])._i if 0 < nkids <= 2 else -1,
+                                  (<Value>children[1])._i if nkids == 2 else -1)
+        cdef Node* n = &A.nodes[i]
+        if many != NULL:
+            for k in range(nkids):
+                many[k] = (<Value>children[k])._i
+                A.nodes[many[k]].refcnt += 1
+            n.kids.many = many
+            n.nkids = <int32_t>nkids
+        if extra is not None:
+            (<NodeExtra>extra).name = name
+            (<NodeExtra>extra).label = _op
+            if _op:
+                n.flags |= F_LABEL
+            Py_INCREF(extra)
+            n.extra = <PyObject*>extra
+        self._i = i
+        n.handle = <PyObject*>self
+        n.refcnt += 1
+        PyObject_GC_UnTrack(<void*>self)  # see track_if_needed
+
+    def __dealloc__(self):
+        cdef int32_t i = self._i
+        if i <= 0:
+            return
+        self._i = 0
+        A.nodes[i].handle = NULL
+        decref_node(i)
+
+    # --- extra attributes (optimiser state such as p.m, p.v): kept with the node, so they
+    # survive the handle and come back with the same object through _prev
+
+    def __getattr__(self, name):
+        cdef Node* n = &A.nodes[index_of(self)]
+        if n.extra != NULL and (<NodeExtra>n.extra).attrs is not None:
+            try:
+                return (<NodeExtra>n.extra).attrs[name]
+            except KeyError:
+                pass
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __setattr__(self, name, value):
+        try:
+            generic_setattr(<PyObject*>self, <PyObject*>name, <PyObject*>value)  # data, grad, ...
+        except AttributeError:
+            if not isinstance(name, str) or hasattr(type(self), name):
+                raise
+            attrs = extra_of(index_of(self)).attrs
+            if attrs is None:
+                attrs = (<NodeExtra>A.nodes[self._i].extra).attrs = {}
+                track_if_needed(self)
+            attrs[name] = value
+
+    def __delattr__(self, name):
+        cdef Node* n = &A.nodes[index_of(self)]
+        if n.extra != NULL and (<NodeExtra>n.extra).attrs and name in (<NodeExtra>n.extra).attrs:
+            del (<NodeExtra>n.extra).attrs[name]
+            return
+        generic_setattr(<PyObject*>self, <PyObject*>name, NULL)  # a property: raises
+
+    @property
+    def __dict__(self):
+        """The extra attributes of this node (created on first use)."""
+        cdef NodeExtra extra = extra_of(index_of(self))
+        if extra.attrs is None:
+            extra.attrs = {}
+            track_if_needed(self)
+        return extra.attrs
+
+    # --- data, grad, name ---------------------------------------------------------------
+
+    @property
+    def data(self):
+        cdef Node* n = &A.nodes[index_of(self)]
+        return number_object(n.data, n.flags & F_DATA_INT)
+
+    @data.setter
+    def data(self, value):
+        cdef double x
+        cdef bint x_int
+        cdef int32_t i = index_of(self)
+        require_number(value, &x, &x_int, "Value data")
+        A.nodes[i].data = x
+        A.nodes[i].flags = (A.nodes[i].flags & ~F_DATA_INT) | int_flag(x_int)
+
+    @property
+    def grad(self):
+        cdef Node* n = &A.nodes[index_of(self)]
+        return number_object(n.grad, n.flags & F_GRAD_INT)
+
+    @grad.setter
+    def grad(self, value):
+        cdef double x
+        cdef bint x_int
+        cdef int32_t i = index_of(self)
+        require_number(value, &x, &x_int, "Value grad")
+        A.nodes[i].grad = x
+        A.nodes[i].flags = (A.nodes[i].flags & ~F_GRAD_INT) | (F_GRAD_INT if x_int else 0)
+
+    @property
+    def name(self):
+        cdef Node* n = &A.nodes[index_of(self)]
+        return (<NodeExtra>n.extra).name if n.extra != NULL else ""
+
+    @name.setter
+    def name(self, value):
+        if not isinstance(value, str):
+            raise TypeError(f"Value name must be a str, not {type(value).__name__}")
+        cdef int32_t i = index_of(self)
+        if value or A.nodes[i].extra != NULL:
+            extra_of(i).name = value
+
+    @property
+    def label(self):
+        """Alias of `name` (Karpathy's lecture calls it `label`)."""
+        return self.name
+
+    @label.setter
+    def label(self, value):
+        self.name = value
+
+    @property
+    def _op(self):
+        cdef Node* n = &A.nodes[index_of(self)]
+        if n.flags & F_LABEL:
+            return (<NodeExtra>n.extra).label
+        if n.op == OP_POWC:
+            return f"**{number_object(n.aux, n.flags & F_AUX_INT)}"
+        return OP_LABELS[n.op]
+
+    @_op.setter
+    def _op(self, value):
+        if not isinstance(value, str):
+            raise TypeError(f"Value _op must be a str, not {type(value).__name__}")
+        cdef int32_t i = index_of(self)
+        extra_of(i).label = value
+        A.nodes[i].flags |= F_LABEL
+
+    @property
+    def _prev(self):
+        cdef Node* n = &A.nodes[index_of(self)]
+        cdef int32_t k, nkids = n.nkids
+        children = set()
+        for k in range(nkids):
+            children.add(handle_of(kid(&A.nodes[self._i], k)))
+        return children
+
+    @property
+    def _backward(self):
+        cdef Node* n = &A.nodes[index_of(self)]
+        if n.flags & F_PY_BACKWARD:
+            return (<NodeExtra>n.extra).backward
+        return self._local_backward
+
+    @_backward.setter
+    def _backward(self, fn):
+        if not callable(fn):
+            raise TypeError(f"_backward must be callable, not {type(fn).__name__}")
+        cdef int32_t i = index_of(self)
+        extra_of(i).backward = fn
+        A.nodes[i].flags |= F_PY_BACKWARD
+        track_if_needed(self)
+
+    def _local_backward(self):
+        """This node's local backward from the op table (what `_backward` is for a built-in op)."""
+        builtin_local_backward(A.nodes, index_of(self))
+
+    # --- operations -----------------------------------------------------------------------
+
+    def __add__(self, other):
+        return add(self, other)
+
+    def __radd__(self, other):  # other + self
+        return add(self, other)
+
+    def __mul__(self, other):
+        return multiply(self, other)
+
+    def __rmul__(self, other):  # other * self
+        return multiply(self, other)
+
+    def __neg__(self):  # -self
+        return self * -1
+
+    def __sub__(self, other):  # self - other
+        if not isinstance(other, Value):
+            other = negated(other)
+            if other is None:
+                return NotImplemented
+            return self + other
+        return self + (-other)
+
+    def __rsub__(self, other):  # other - self
+        if negated(other) is None:
+            return NotImplemented
+        return (-self) + other
+
+    def __truediv__(self, other):  # self / other
+        cdef double x, r
+        cdef bint x_int, r_int
+        if isinstance(other, Value):
+            return self * other**-1
+        if not as_number(other, &x, &x_int):
+            return NotImplemented
+        r = checked_pow(x, x_int, -1.0, True, &r_int)
+        return self * r
+
+    def __rtruediv__(self, other):  # other / self
+        cdef double x
+        cdef bint x_int
+        if not as_number(other, &x, &x_int):
+            return NotImplemented
+        return self**-1 * number_object(x, x_int)
+
+    def __pow__(self, other, modulo=None):
+        if modulo is not None:
+            return NotImplemented
+        if isinstance(other, Value):
+            reserve(1)
+            return power_value(index_of(self), index_of(<Value>other))
+        return power(self, other)
+
+    def __rpow__(self, other, modulo=None):  # other ** self
+        cdef bint ok
+        if modulo is not None:
+            return NotImplemented
+        reserve(2)
+        cdef int32_t j = operand_node(other, &ok)
+        if not ok:
+            return NotImplemented
+        incref_node(j)  # hold the new base while the power is computed (it may raise)
+        try:
+            return power_value(j, index_of(self))
+        finally:
+            decref_node(j)
+
+    def exp(self):
+        return unary(self, OP_EXP)
+
+    def log(self):
+        return unary(self, OP_LOG)
+
+    def tanh(self):
+        return unary(self, OP_TANH)
+
+    def relu(self):
+        return unary(self, OP_RELU)
+
+    def sigmoid(self):
+        return unary(self, OP_SIGMOID)
+
+    def abs(self):
+        return unary(self, OP_ABS)
+
+    def __abs__(self):
+        return unary(self, OP_ABS)
+
+    def backward(self):
+        run_backward(index_of(self))
+
+    def __repr__(self):
+        return f"Value(data={self.data}, grad={self.grad}, name={self.name})"
+
+    def __reduce__(self):
+        cdef Node* n = &A.nodes[index_of(self)]
+        if n.nkids:
+            raise TypeError("only leaf Values can be pickled (an operation's closure cannot be); "
+                            "save the leaves' data instead")
+        attrs = (<NodeExtra>n.extra).attrs if n.extra != NULL else None
+        return (_restore_leaf, (self.data, self.grad, self.name, self._op, attrs or None))
+
+
+def _restore_leaf(data, grad, name, op, attrs):
+    v = Value(data, (), op, name)
+    v.grad = grad
+    for key, value in (attrs or {}).items():
+        setattr(v, key, value)
+    return v
+
+
+def _name_or_label(name, label):
+    if label is None:
+        return name
+    if not isinstance(label, str):
+        raise TypeError(f"Value label must be a str, not {type(label).__name__}")
+    if name and name != label:
+        raise TypeError("give name= or label= (its alias), not both")
+    return label
+
+
+# ===================================================================== the cyclic GC
+# A custom op's closure usually captures its own output handle: handle -> node -> extra ->
+# closure -> handle. The node's reference to its extra is invisible to the GC, so the handle
+# reports it, but only while the handle is the node's sole owner: if a live parent node also
+# holds the node, the closure is still needed and must stay reachable (unvisited = external).
+
+cdef int _traverse(Value self, visitproc visit, void* arg) noexcept:
+    cdef Node* n
+    if self._i > 0:
+        n = &A.nodes[self._i]
+        if n.extra != NULL and n.refcnt == 1 and n.handle == <PyObject*>self:
+            return visit(n.extra, arg)
+    return 0
+
+
+cdef int _clear(Value self) noexcept:
+    cdef Node* n
+    cdef PyObject* extra
+    if self._i > 0:
+        n = &A.nodes[self._i]
+        if n.extra != NULL and n.refcnt == 1 and n.handle == <PyObject*>self:
+            extra = n.extra
+            n.extra = NULL
+            n.flags &= ~(F_PY_BACKWARD | F_LABEL)
+            Py_DECREF(<object>extra)
+    return 0
+
+
+(<PyTypeObject*>Value).tp_traverse = <traverseproc>_traverse
+(<PyTypeObject*>Value).tp_clear = <inquiry>_clear
+
+
+# ====================================================================== debug hooks
+
+def _arena_stats():
+    """The arena's counters, for tests and benchmarks."""
+    return {
+        "capacity": A.capacity,
+        "live": A.live - (A.capacity > 0),
+        "free": A.capacity - A.live,
+        "allocations": A.allocations,
+        "reuses": A.reuses,
+        "node_bytes": sizeof(Node),
+    }
+
+
+def _arena_check():
+    """Verify the arena's invariants (free-list length, reference counts, handle links);
+    raise AssertionError naming the first one broken. O(capacity): tests only."""
+    cdef Py_ssize_t free_count = 0, k, j
+    cdef int32_t i = A.free_head
+    counts = {}
+    while i >= 0:
+        free_count += 1
+        if free_count > A.capacity:
+            raise AssertionError("the free list has a cycle")
+        i = <int32_t>A.nodes[i].mark
+    if free_count != A.capacity - A.live:
+        raise AssertionError(f"free list holds {free_count} slots, expected {A.capacity - A.live}")
+    for k in range(1, A.capacity):
+        if A.nodes[k].refcnt == 0:
+            continue
+        if A.nodes[k].handle != NULL:
+            counts[k] = counts.get(k, 0) + 1
+            if (<Value>A.nodes[k].handle)._i != k:
+                raise AssertionError(f"node {k}'s handle points at node {(<Value>A.nodes[k].handle)._i}")
+        for j in range(A.nodes[k].nkids):
+            c = kid(&A.nodes[k], <int32_t>j)
+            counts[c] = counts.get(c, 0) + 1
+    for k in range(A.capacity):
+        if A.nodes[k].refcnt != counts.get(k, 0) and A.nodes[k].refcnt > 0:
+            raise AssertionError(f"node {k} counts {A.nodes[k].refcnt} references, has {counts.get(k, 0)}")
+    return True

@@ -1,0 +1,426 @@
+"""The pure-Python engine: michigrad's executable specification.
+
+This is micrograd's ``Value`` (plus ``name``, ``exp``, ``log``, ``tanh``, ``sigmoid``, ``abs`` and
+``Value ** Value``), written so that every rule the compiled core (``_engine.pyx``) follows can be
+read here. The two engines must agree: same graph shape and op labels, bit-identical forward
+values, the same gradients accumulated in the same order. The test suite runs every engine test
+against both. ``MICHIGRAD_PURE=1`` makes this the active engine.
+
+Where this engine goes beyond micrograd, it is to make errors clear and results deterministic:
+
+* Children are kept in the order they were given (``_prev`` is still a set), and ``backward()``
+  walks them in that order with an explicit stack, so gradients are the same bits on every run and
+  no recursion limit applies.
+* Numbers are ints or floats, as in micrograd (``Value(2) * 3`` has ``data == 6``, an int), but an
+  int that no longer fits a double exactly (``|x| >= 2**53``) becomes a float: that is the
+  precision the compiled core stores.
+* Forward errors are Python's own (``ZeroDivisionError``, ``OverflowError``, ``ValueError`` where
+  Python would return a complex number, ``TypeError``) and are raised before any node is made.
+  Local derivatives use IEEE arithmetic at the edges (``0.0 ** -1`` is ``inf``, ``log(-1)`` is
+  ``nan``), as PyTorch does, so ``backward()`` never raises for numeric reasons. If a custom
+  ``_backward`` raises, every gradient is put back as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Iterable
+from typing import Any, Union
+
+Number = Union[int, float]
+
+# Ints are exact in a double below this magnitude; beyond it they are stored as floats.
+_EXACT_INT_LIMIT = 2**53
+
+
+def _fit(x: Number) -> Number:
+    """An int that a double cannot hold exactly becomes a float (OverflowError if too large)."""
+    if type(x) is int and not -_EXACT_INT_LIMIT < x < _EXACT_INT_LIMIT:
+        return float(x)
+    return x
+
+
+def _as_number(x: Any, what: str = "Value data") -> Number:
+    """Coerce a real number (int, float, numpy scalar, ...) to int or float, else TypeError."""
+    if type(x) is float:
+        return x
+    if type(x) is int:
+        return _fit(x)
+    if isinstance(x, (str, bytes, bytearray, complex)) or x is None:
+        raise TypeError(f"{what} must be a real number, not {type(x).__name__}")
+    try:
+        return _fit(operator.index(x))  # int, bool, numpy integers
+    except TypeError:
+        pass
+    if hasattr(type(x), "__float__"):
+        try:
+            return float(x)  # float subclasses, numpy floats, Fraction, Decimal
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{what} must be a real number, not {type(x).__name__}")
+
+
+def _number_or_none(x: Any) -> Number | None:
+    """Like _as_number, but None for a non-number (the caller returns NotImplemented)."""
+    try:
+        return _as_number(x)
+    except TypeError:
+        return None
+
+
+def _pow(x: Number, y: Number) -> Number:
+    """``x ** y`` as Python computes it, with a ValueError where Python would return a complex
+    number, and int results of 2**53 or more computed in floating point."""
+    if type(x) is int and type(y) is int and y >= 0:
+        approx = float(x) ** float(y)  # OverflowError if it cannot be a float at all
+        return x**y if abs(approx) < _EXACT_INT_LIMIT else approx
+    result = x**y
+    if type(result) is complex:
+        raise ValueError(f"{x!r} ** {y!r} is a complex number; Value supports real numbers only")
+    return result
+
+
+def _ieee_pow(x: float, y: float) -> float:
+    """``x ** y`` in IEEE arithmetic (C99 pow): infinities where Python would raise."""
+    try:
+        return _pow(float(x), float(y))
+    except ValueError:  # negative ** fractional
+        return math.nan
+    except ZeroDivisionError:  # 0.0 ** negative
+        odd = float(y).is_integer() and y % 2 == 1
+        return math.copysign(math.inf, x) if odd else math.inf
+    except OverflowError:
+        odd = float(y).is_integer() and y % 2 == 1
+        return -math.inf if (x < 0 and odd) else math.inf
+
+
+def _ieee_log(x: float) -> float:
+    """``math.log`` in IEEE arithmetic: -inf at 0, nan below."""
+    if x > 0:
+        return math.log(x)
+    return -math.inf if x == 0 else math.nan
+
+
+def _pow_grad(x: Number, c: Number) -> Number:
+    """d(x**c)/dx = c * x**(c-1), micrograd's formula; 0 when c == 0, as in PyTorch."""
+    if c == 0:
+        return 0.0
+    if type(x) is int and type(c) is int and c >= 1:
+        return _fit(c * _pow(x, c - 1))
+    return c * _ieee_pow(x, c - 1)
+
+
+def _pow_exponent_grad(x: Number, out: Number) -> float:
+    """d(x**y)/dy = x**y * log(x); 0 where x == 0, as in PyTorch."""
+    return 0.0 if x == 0 else out * _ieee_log(x)
+
+
+def _sigmoid(x: Number) -> float:
+    """1 / (1 + e**-x), computed so that neither branch can overflow."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _exp(x: Number) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        raise OverflowError(f"exp({x!r}) is too large for a float") from None
+
+
+def _log(x: Number) -> float:
+    if x <= 0:
+        raise ValueError(f"log({x!r}): math domain error (log needs a positive number)")
+    return math.log(x)
+
+
+class Value:
+    """stores a single scalar value and its gradient"""
+
+    # numpy scalars on the left (`np.float64(2) * v`) defer to our reflected operators
+    __array_ufunc__ = None
+
+    def __init__(
+        self,
+        data: Any,
+        _children: Iterable[Value] = (),
+        _op: str = "",
+        name: str = "",
+        *,
+        label: str | None = None,
+    ) -> None:
+        children = tuple(dict.fromkeys(_children))  # unique, in the order given
+        for child in children:
+            if not isinstance(child, Value):
+                raise TypeError(f"Value children must be Values, not {type(child).__name__}")
+        if not isinstance(_op, str):
+            raise TypeError(f"Value _op must be a str, not {type(_op).__name__}")
+        self.data = data
+        self.grad = 0
+        self.name = _name_or_label(name, label)
+        # internal variables used for autograd graph construction
+        self._backward: Callable[[], None] = _no_backward
+        self._children = children
+        self._op = _op  # the op that produced this node, for graphviz / debugging / etc
+
+    # --- data, grad, name -------------------------------------------------------------------
+
+    @property
+    def data(self) -> Number:
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self._data = _as_number(value, "Value data")
+
+    @property
+    def grad(self) -> Number:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        self._grad = _as_number(value, "Value grad")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"Value name must be a str, not {type(value).__name__}")
+        self._name = value
+
+    label = name  # Karpathy's lecture calls it `label`
+
+    @property
+    def _prev(self) -> set[Value]:
+        return set(self._children)
+
+    # --- operations -------------------------------------------------------------------------
+
+    def __add__(self, other: Any) -> Value:
+        other = _as_value(other)
+        if other is None:
+            return NotImplemented
+        out = Value(_fit(self.data + other.data), (self, other), "+")
+
+        def _backward() -> None:
+            self.grad += out.grad
+            other.grad += out.grad
+
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other: Any) -> Value:
+        other = _as_value(other)
+        if other is None:
+            return NotImplemented
+        out = Value(_fit(self.data * other.data), (self, other), "*")
+
+        def _backward() -> None:
+            self.grad += other.data * out.grad
+            other.grad += self.data * out.grad
+
+        out._backward = _backward
+        return out
+
+    def __pow__(self, other: Any, modulo: None = None) -> Value:
+        if modulo is not None:
+            return NotImplemented
+        if isinstance(other, Value):
+            return self._pow_value(other)
+        c = _number_or_none(other)
+        if c is None:
+            return NotImplemented
+        out = Value(_pow(self.data, c), (self,), f"**{c}")
+
+        def _backward() -> None:
+            self.grad += _pow_grad(self.data, c) * out.grad
+
+        out._backward = _backward
+        return out
+
+    def _pow_value(self, other: Value) -> Value:
+        """self ** other with a gradient for the exponent too."""
+        out = Value(_pow(self.data, other.data), (self, other), "**")
+
+        def _backward() -> None:
+            self.grad += _pow_grad(self.data, other.data) * out.grad
+            other.grad += _pow_exponent_grad(self.data, out.data) * out.grad
+
+        out._backward = _backward
+        return out
+
+    def __rpow__(self, other: Any) -> Value:  # other ** self
+        base = _as_value(other)
+        if base is None:
+            return NotImplemented
+        return base._pow_value(self)
+
+    def exp(self) -> Value:
+        out = Value(_exp(self.data), (self,), "exp")
+
+        def _backward() -> None:
+            self.grad += out.data * out.grad
+
+        out._backward = _backward
+        return out
+
+    def log(self) -> Value:
+        out = Value(_log(self.data), (self,), "log")
+
+        def _backward() -> None:
+            self.grad += (1 / self.data) * out.grad
+
+        out._backward = _backward
+        return out
+
+    def tanh(self) -> Value:
+        out = Value(math.tanh(self.data), (self,), "tanh")
+
+        def _backward() -> None:
+            t = out.data
+            self.grad += (1 - t * t) * out.grad
+
+        out._backward = _backward
+        return out
+
+    def relu(self) -> Value:
+        out = Value(0 if self.data < 0 else self.data, (self,), "ReLU")
+
+        def _backward() -> None:
+            self.grad += (out.data > 0) * out.grad
+
+        out._backward = _backward
+        return out
+
+    def sigmoid(self) -> Value:
+        out = Value(_sigmoid(self.data), (self,), "sigmoid")
+
+        def _backward() -> None:
+            s = out.data
+            self.grad += (s * (1 - s)) * out.grad
+
+        out._backward = _backward
+        return out
+
+    def abs(self) -> Value:
+        out = Value(abs(self.data), (self,), "abs")
+
+        def _backward() -> None:
+            x = self.data
+            self.grad += ((x > 0) - (x < 0)) * out.grad
+
+        out._backward = _backward
+        return out
+
+    __abs__ = abs
+
+    def backward(self) -> None:
+        # topological order all of the children in the graph
+        topo = _topological_order(self)
+        saved = [(v, v._grad) for v in topo]
+
+        # go one variable at a time and apply the chain rule to get its gradient
+        self.grad = 1
+        try:
+            for v in reversed(topo):
+                v._backward()
+        except BaseException:
+            for v, grad in saved:  # a custom _backward failed: leave every gradient as it was
+                v._grad = grad
+            raise
+
+    def __neg__(self) -> Value:  # -self
+        return self * -1
+
+    def __radd__(self, other: Any) -> Value:  # other + self
+        return self + other
+
+    def __sub__(self, other: Any) -> Value:  # self - other
+        if not isinstance(other, Value):
+            other = _number_or_none(other)
+            if other is None:
+                return NotImplemented
+        return self + (-other)
+
+    def __rsub__(self, other: Any) -> Value:  # other - self
+        other = _number_or_none(other)
+        if other is None:
+            return NotImplemented
+        return other + (-self)
+
+    def __rmul__(self, other: Any) -> Value:  # other * self
+        return self * other
+
+    def __truediv__(self, other: Any) -> Value:  # self / other
+        if not isinstance(other, Value):
+            other = _number_or_none(other)
+            if other is None:
+                return NotImplemented
+            return self * _pow(other, -1)
+        return self * other**-1
+
+    def __rtruediv__(self, other: Any) -> Value:  # other / self
+        other = _number_or_none(other)
+        if other is None:
+            return NotImplemented
+        return other * self**-1
+
+    def __repr__(self) -> str:
+        return f"Value(data={self.data}, grad={self.grad}, name={self.name})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Extra attributes are welcome (optimiser state such as p.m), but not over a method:
+        # the compiled engine cannot let an instance attribute hide one, so neither do we.
+        if name in _METHOD_NAMES:
+            raise AttributeError(f"'Value' object attribute '{name}' is read-only")
+        object.__setattr__(self, name, value)
+
+
+_METHOD_NAMES = frozenset(
+    name for name, attr in vars(Value).items() if callable(attr) and name != "_backward"
+)
+
+
+def _no_backward() -> None:
+    pass
+
+
+def _as_value(x: Any) -> Value | None:
+    """x itself if it is a Value, a new leaf if it is a number, else None (NotImplemented)."""
+    if isinstance(x, Value):
+        return x
+    number = _number_or_none(x)
+    return None if number is None else Value(number)
+
+
+def _name_or_label(name: str, label: str | None) -> str:
+    if label is None:
+        return name
+    if name and name != label:
+        raise TypeError("give name= or label= (its alias), not both")
+    return label
+
+
+def _topological_order(root: Value) -> list[Value]:
+    """Children before parents, depth first in child order: micrograd's build_topo, without
+    recursion."""
+    topo: list[Value] = []
+    visited = {id(root)}
+    stack = [(root, iter(root._children))]
+    while stack:
+        node, children = stack[-1]
+        for child in children:
+            if id(child) not in visited:
+                visited.add(id(child))
+                stack.append((child, iter(child._children)))
+                break
+        else:
+            stack.pop()
+            topo.append(node)
+    return topo
