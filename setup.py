@@ -25,7 +25,7 @@ directives = {
     "initializedcheck": debug,
     "cdivision": True,
     "infer_types": True,
-    "embedsignature": True,
+    "embedsignature": False,  # docstrings equal the reference engine's; signatures via binding
 }
 macros = []
 compile_args = []

@@ -480,22 +480,25 @@ cdef int grow_buffer(void** buffer, Py_ssize_t* capacity, size_t item) except -1
     return 0
 
 
-cdef Py_ssize_t topological_order(int32_t root, int32_t** topo_out, bint* has_python) except -1:
-    """Children before parents, depth first in child order (micrograd's build_topo, with an
-    explicit stack). Returns the count; *topo_out is a malloc'd array the caller frees."""
+cdef Py_ssize_t topological_order(int32_t root, int32_t** order_out, bint* has_python) except -1:
+    """The nodes whose local backward does something, children before parents, depth first in
+    child order (micrograd's build_topo, with an explicit stack). Plain leaves are visited but
+    left out: their backward is a no-op. Returns the count; *order_out is a malloc'd array the
+    caller frees."""
     cdef uint32_t epoch = next_epoch()
     cdef Frame* stack = NULL
-    cdef int32_t* topo = NULL
-    cdef Py_ssize_t sp = 0, stack_cap = 0, count = 0, topo_cap = 0
+    cdef int32_t* order = NULL
+    cdef Py_ssize_t sp = 0, stack_cap = 0, count = 0, order_cap = 0
     cdef Node* nodes = A.nodes
     cdef Node* n
     cdef Node* cn
     cdef Frame* f
-    cdef int32_t c
+    cdef int32_t c, k, nkids
+    cdef bint descend
     has_python[0] = False
     try:
         grow_buffer(<void**>&stack, &stack_cap, sizeof(Frame))
-        grow_buffer(<void**>&topo, &topo_cap, sizeof(int32_t))
+        grow_buffer(<void**>&order, &order_cap, sizeof(int32_t))
         nodes[root].mark = epoch
         stack[0].node = root
         stack[0].next_kid = 0
@@ -503,85 +506,104 @@ cdef Py_ssize_t topological_order(int32_t root, int32_t** topo_out, bint* has_py
         while sp > 0:
             f = &stack[sp - 1]
             n = &nodes[f.node]
-            if f.next_kid < n.nkids:
-                c = kid(n, f.next_kid)
-                f.next_kid += 1
+            k = f.next_kid
+            nkids = n.nkids
+            descend = False
+            while k < nkids:  # find the next unvisited child that has children of its own
+                c = kid(n, k)
+                k += 1
                 cn = &nodes[c]
                 if cn.mark == epoch:
                     continue
                 cn.mark = epoch
-                if cn.nkids == 0:  # a leaf goes straight to the order
-                    if count == topo_cap:
-                        grow_buffer(<void**>&topo, &topo_cap, sizeof(int32_t))
-                    topo[count] = c
-                    count += 1
-                    if cn.flags & F_PY_BACKWARD:
-                        has_python[0] = True
+                if cn.nkids == 0 and not (cn.flags & F_PY_BACKWARD):
                     continue
+                descend = True
+                break
+            if descend:
+                f.next_kid = k
                 if sp == stack_cap:
                     grow_buffer(<void**>&stack, &stack_cap, sizeof(Frame))
                 stack[sp].node = c
                 stack[sp].next_kid = 0
                 sp += 1
             else:
-                if count == topo_cap:
-                    grow_buffer(<void**>&topo, &topo_cap, sizeof(int32_t))
-                topo[count] = f.node
+                if count == order_cap:
+                    grow_buffer(<void**>&order, &order_cap, sizeof(int32_t))
+                order[count] = f.node
                 count += 1
                 if n.flags & F_PY_BACKWARD:
                     has_python[0] = True
                 sp -= 1
     except BaseException:
-        free(topo)
+        free(order)
         raise
     finally:
         free(stack)
-    topo_out[0] = topo
+    order_out[0] = order
     return count
+
+
+ctypedef struct SavedGrad:
+    int32_t node
+    uint16_t flags
+    double grad
+
+
+cdef Py_ssize_t save_grads(int32_t* order, Py_ssize_t count, SavedGrad** out) except -1:
+    """Every gradient backward() may change: the ordered nodes and their children."""
+    cdef Py_ssize_t total = count, k, m = 0
+    cdef int32_t j, c
+    for k in range(count):
+        total += A.nodes[order[k]].nkids
+    cdef SavedGrad* saved = <SavedGrad*>malloc(<size_t>total * sizeof(SavedGrad))
+    if saved == NULL:
+        raise MemoryError("michigrad: out of memory in backward()")
+    for k in range(count):
+        for j in range(-1, A.nodes[order[k]].nkids):
+            c = order[k] if j < 0 else kid(&A.nodes[order[k]], j)
+            saved[m].node = c
+            saved[m].grad = A.nodes[c].grad
+            saved[m].flags = A.nodes[c].flags
+            m += 1
+    out[0] = saved
+    return m
 
 
 cdef int run_backward(int32_t root) except -1:
     """micrograd's backward(): root.grad = 1, then every node's local backward in reverse
     topological order. Nothing is zeroed. If a Python-defined _backward raises, every gradient in
     the graph is restored before the exception propagates."""
-    cdef int32_t* topo = NULL
+    cdef int32_t* order = NULL
     cdef bint has_python
-    cdef Py_ssize_t count = topological_order(root, &topo, &has_python)
-    cdef Py_ssize_t k
-    cdef double* saved_grads = NULL
-    cdef uint16_t* saved_flags = NULL
+    cdef Py_ssize_t count = topological_order(root, &order, &has_python)
+    cdef Py_ssize_t k, nsaved = 0
+    cdef SavedGrad* saved = NULL
     cdef Node* nodes
-    cdef int32_t i
+    cdef Node* n
     try:
         if has_python:  # Python code can fail midway: keep what we need to undo
-            saved_grads = <double*>malloc(<size_t>count * sizeof(double))
-            saved_flags = <uint16_t*>malloc(<size_t>count * sizeof(uint16_t))
-            if saved_grads == NULL or saved_flags == NULL:
-                raise MemoryError("michigrad: out of memory in backward()")
-            for k in range(count):
-                saved_grads[k] = A.nodes[topo[k]].grad
-                saved_flags[k] = A.nodes[topo[k]].flags
+            nsaved = save_grads(order, count, &saved)
         A.nodes[root].grad = 1.0
         A.nodes[root].flags |= F_GRAD_INT
         if not has_python:
             nodes = A.nodes
             with nogil:
                 for k in range(count - 1, -1, -1):
-                    builtin_local_backward(nodes, topo[k])
+                    builtin_local_backward(nodes, order[k])
         else:
             try:
                 for k in range(count - 1, -1, -1):
-                    apply_local_backward(topo[k])  # re-reads A.nodes: Python may grow the arena
+                    apply_local_backward(order[k])  # re-reads A.nodes: Python may grow the arena
             except BaseException:
-                for k in range(count):
-                    i = topo[k]
-                    A.nodes[i].grad = saved_grads[k]
-                    A.nodes[i].flags = (A.nodes[i].flags & ~F_GRAD_INT) | (saved_flags[k] & F_GRAD_INT)
+                for k in range(nsaved - 1, -1, -1):
+                    n = &A.nodes[saved[k].node]
+                    n.grad = saved[k].grad
+                    n.flags = (n.flags & ~F_GRAD_INT) | (saved[k].flags & F_GRAD_INT)
                 raise
     finally:
-        free(topo)
-        free(saved_grads)
-        free(saved_flags)
+        free(order)
+        free(saved)
     return 0
 
 
@@ -729,7 +751,10 @@ cdef object OP_LABELS = {
 @cython.freelist(256)
 @cython.auto_pickle(False)
 cdef class Value:
-    """stores a single scalar value and its gradient"""
+    """Value(data, _children=(), _op='', name='', *, label=None)
+--
+
+stores a single scalar value and its gradient"""
 
     # numpy scalars on the left (`np.float64(2) * v`) defer to our reflected operators
     __array_ufunc__ = None
@@ -998,27 +1023,35 @@ cdef class Value:
             decref_node(j)
 
     def exp(self):
+        """e ** self (OverflowError when too large for a float)."""
         return unary(self, OP_EXP)
 
     def log(self):
+        """Natural logarithm (ValueError unless self.data > 0)."""
         return unary(self, OP_LOG)
 
     def tanh(self):
+        """Hyperbolic tangent (math.tanh: stable for any input)."""
         return unary(self, OP_TANH)
 
     def relu(self):
+        """max(0, self), micrograd's: the int 0 below zero."""
         return unary(self, OP_RELU)
 
     def sigmoid(self):
+        """1 / (1 + e ** -self), computed without overflow."""
         return unary(self, OP_SIGMOID)
 
     def abs(self):
+        """|self|; its gradient is sign(self), 0 at 0."""
         return unary(self, OP_ABS)
 
     def __abs__(self):
         return unary(self, OP_ABS)
 
     def backward(self):
+        """micrograd's backward(): set this node's grad to 1, then add every node's local
+        derivative into its children's grads, in reverse topological order. Nothing is zeroed."""
         run_backward(index_of(self))
 
     def __repr__(self):

@@ -102,6 +102,11 @@ def _ieee_log(x: float) -> float:
     return -math.inf if x == 0 else math.nan
 
 
+def _reciprocal(x: Number) -> float:
+    """1 / x in IEEE arithmetic: ±inf at ±0 where Python would raise."""
+    return 1 / x if x != 0 else math.copysign(math.inf, x)
+
+
 def _pow_grad(x: Number, c: Number) -> Number:
     """d(x**c)/dx = c * x**(c-1), micrograd's formula; 0 when c == 0, as in PyTorch."""
     if c == 0:
@@ -197,6 +202,16 @@ class Value:
     label = name  # Karpathy's lecture calls it `label`
 
     @property
+    def _backward(self) -> Callable[[], None]:
+        return self._backward_fn
+
+    @_backward.setter
+    def _backward(self, fn: Callable[[], None]) -> None:
+        if not callable(fn):
+            raise TypeError(f"_backward must be callable, not {type(fn).__name__}")
+        self._backward_fn = fn
+
+    @property
     def _prev(self) -> set[Value]:
         return set(self._children)
 
@@ -262,6 +277,7 @@ class Value:
         return base._pow_value(self)
 
     def exp(self) -> Value:
+        """e ** self (OverflowError when too large for a float)."""
         out = Value(_exp(self.data), (self,), "exp")
 
         def _backward() -> None:
@@ -271,15 +287,17 @@ class Value:
         return out
 
     def log(self) -> Value:
+        """Natural logarithm (ValueError unless self.data > 0)."""
         out = Value(_log(self.data), (self,), "log")
 
         def _backward() -> None:
-            self.grad += (1 / self.data) * out.grad
+            self.grad += _reciprocal(self.data) * out.grad
 
         out._backward = _backward
         return out
 
     def tanh(self) -> Value:
+        """Hyperbolic tangent (math.tanh: stable for any input)."""
         out = Value(math.tanh(self.data), (self,), "tanh")
 
         def _backward() -> None:
@@ -290,6 +308,7 @@ class Value:
         return out
 
     def relu(self) -> Value:
+        """max(0, self), micrograd's: the int 0 below zero."""
         out = Value(0 if self.data < 0 else self.data, (self,), "ReLU")
 
         def _backward() -> None:
@@ -299,6 +318,7 @@ class Value:
         return out
 
     def sigmoid(self) -> Value:
+        """1 / (1 + e ** -self), computed without overflow."""
         out = Value(_sigmoid(self.data), (self,), "sigmoid")
 
         def _backward() -> None:
@@ -309,6 +329,7 @@ class Value:
         return out
 
     def abs(self) -> Value:
+        """|self|; its gradient is sign(self), 0 at 0."""
         out = Value(abs(self.data), (self,), "abs")
 
         def _backward() -> None:
@@ -321,6 +342,8 @@ class Value:
     __abs__ = abs
 
     def backward(self) -> None:
+        """micrograd's backward(): set this node's grad to 1, then add every node's local
+        derivative into its children's grads, in reverse topological order. Nothing is zeroed."""
         # topological order all of the children in the graph
         topo = _topological_order(self)
         saved = [(v, v._grad) for v in topo]
@@ -374,12 +397,27 @@ class Value:
     def __repr__(self) -> str:
         return f"Value(data={self.data}, grad={self.grad}, name={self.name})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._children:
+            raise TypeError("only leaf Values can be pickled (an operation's closure cannot be); "
+                            "save the leaves' data instead")
+        attrs = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return (_restore_leaf, (self.data, self.grad, self.name, self._op, attrs or None))
+
     def __setattr__(self, name: str, value: Any) -> None:
         # Extra attributes are welcome (optimiser state such as p.m), but not over a method:
         # the compiled engine cannot let an instance attribute hide one, so neither do we.
         if name in _METHOD_NAMES:
             raise AttributeError(f"'Value' object attribute '{name}' is read-only")
         object.__setattr__(self, name, value)
+
+
+def _restore_leaf(data: Number, grad: Number, name: str, op: str, attrs: dict | None) -> Value:
+    v = Value(data, (), op, name)
+    v.grad = grad
+    for key, value in (attrs or {}).items():
+        setattr(v, key, value)
+    return v
 
 
 _METHOD_NAMES = frozenset(
