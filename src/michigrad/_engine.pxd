@@ -22,6 +22,8 @@ cdef enum Op:
     OP_SIGMOID = 9   # 'sigmoid'
     OP_ABS = 10      # 'abs'
     OP_PYTHON = 11   # Value(x, children, 'label'): local backward is a Python callable
+    OP_LINEAR = 12   # 'linear': bias + sum(w[i] * x[i]) as one node (a neuron's pre-activation);
+                     # children [bias,] w[0..n), x[0..n): an odd count means there is a bias
 
 # Node flag bits.
 cdef enum Flag:

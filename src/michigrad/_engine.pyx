@@ -396,6 +396,9 @@ cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
     cdef uint16_t op = out.op
     if op == OP_LEAF or op == OP_PYTHON:
         return
+    if op == OP_LINEAR:
+        linear_local_backward(nodes, out, g, gi)
+        return
     a = &nodes[out.kids.pair[0]]
     if op == OP_ADD:
         b = &nodes[out.kids.pair[1]]
@@ -440,6 +443,23 @@ cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
     elif op == OP_ABS:
         x = a.data
         accumulate(a, <double>((x > 0.0) - (x < 0.0)) * g, gi)
+
+
+cdef inline void linear_local_backward(Node* nodes, Node* out, double g, bint gi) noexcept nogil:
+    """bias.grad += g, then for each i: w[i].grad += x[i].data * g; x[i].grad += w[i].data * g."""
+    cdef int32_t has_bias = out.nkids & 1, n = out.nkids >> 1, k
+    cdef Node* w
+    cdef Node* x
+    cdef double contrib
+    if has_bias:
+        accumulate(&nodes[kid(out, 0)], g, gi)
+    for k in range(n):
+        w = &nodes[kid(out, has_bias + k)]
+        x = &nodes[kid(out, has_bias + n + k)]
+        contrib = x.data * g
+        accumulate(w, contrib, gi and (x.flags & F_DATA_INT) and fits_int(contrib))
+        contrib = w.data * g
+        accumulate(x, contrib, gi and (w.flags & F_DATA_INT) and fits_int(contrib))
 
 
 cdef int apply_local_backward(int32_t i) except -1:
@@ -745,7 +765,93 @@ cdef object negated(object x):
 cdef object OP_LABELS = {
     OP_LEAF: "", OP_ADD: "+", OP_MUL: "*", OP_POW: "**", OP_EXP: "exp", OP_LOG: "log",
     OP_TANH: "tanh", OP_RELU: "ReLU", OP_SIGMOID: "sigmoid", OP_ABS: "abs", OP_PYTHON: "",
+    OP_LINEAR: "linear",
 }
+
+
+def linear(weights, inputs, bias=None):
+    """bias + w[0]*x[0] + w[1]*x[1] + ... as one node (label 'linear'), summed left to right as
+    micrograd's Neuron does (`sum((wi*xi for wi, xi in zip(w, x)), b)`), so the value is the
+    same to the last bit; without a bias the sum starts from the int 0, like Python's sum().
+    Weights and bias are Values; inputs are Values or numbers."""
+    cdef list ws = list(weights)
+    cdef list xs = list(inputs)
+    cdef Py_ssize_t n = len(ws), k, m = 0
+    cdef double number, acc, product
+    cdef bint number_int, acc_int
+    cdef bint has_bias = bias is not None
+    if len(xs) != n:
+        raise ValueError(f"linear: {n} weights but {len(xs)} inputs")
+    if has_bias and not isinstance(bias, Value):
+        raise TypeError(f"linear: bias must be a Value or None, not {type(bias).__name__}")
+    for k in range(n):  # check everything before creating any node
+        if not isinstance(ws[k], Value):
+            raise TypeError(f"linear: weights must be Values, not {type(ws[k]).__name__}")
+        index_of(<Value>ws[k])
+        if isinstance(xs[k], Value):
+            index_of(<Value>xs[k])
+        elif not as_number(xs[k], &number, &number_int):
+            raise TypeError(f"linear: inputs must be Values or numbers, not {type(xs[k]).__name__}")
+    if 2 * n + 1 > INT32_MAX:
+        raise MemoryError("linear: too many inputs")
+    cdef int32_t nkids = <int32_t>(2 * n + has_bias)
+    cdef int32_t* many = NULL
+    if nkids > 2:
+        many = <int32_t*>malloc(<size_t>nkids * sizeof(int32_t))
+        if many == NULL:
+            raise MemoryError()
+    cdef int32_t pair[2]
+    cdef int32_t* kids = many if many != NULL else pair
+    try:
+        reserve(<int32_t>(n + 1))
+    except BaseException:
+        free(many)
+        raise
+    if has_bias:
+        kids[m] = (<Value>bias)._i
+        m += 1
+    for k in range(n):
+        kids[m + k] = (<Value>ws[k])._i
+    m += n
+    for k in range(n):  # numbers become constant leaves, as micrograd's `wi*xi` makes them
+        if isinstance(xs[k], Value):
+            kids[m + k] = (<Value>xs[k])._i
+        else:
+            as_number(xs[k], &number, &number_int)
+            kids[m + k] = new_node(number, int_flag(number_int), OP_LEAF, -1, -1)
+    cdef Node* nodes = A.nodes
+    cdef Node* w
+    cdef Node* x
+    if has_bias:
+        acc = nodes[kids[0]].data
+        acc_int = (nodes[kids[0]].flags & F_DATA_INT) != 0
+    else:
+        acc = 0.0
+        acc_int = True
+    for k in range(n):
+        w = &nodes[kids[has_bias + k]]
+        x = &nodes[kids[has_bias + n + k]]
+        product = w.data * x.data
+        if w.flags & x.flags & F_DATA_INT and fits_int(product):
+            product = product + 0.0
+        else:
+            acc_int = False
+        acc = acc + product
+        if acc_int and fits_int(acc):
+            acc = acc + 0.0
+        else:
+            acc_int = False
+    cdef int32_t i = new_node(acc, int_flag(acc_int), OP_LINEAR, -1, -1)
+    cdef Node* out = &A.nodes[i]
+    out.nkids = nkids
+    if many != NULL:
+        out.kids.many = many
+    else:
+        out.kids.pair[0] = pair[0] if nkids > 0 else -1
+        out.kids.pair[1] = pair[1] if nkids > 1 else -1
+    for k in range(nkids):
+        A.nodes[kids[k]].refcnt += 1
+    return new_handle(i)
 
 
 @cython.freelist(256)

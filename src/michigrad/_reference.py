@@ -425,6 +425,39 @@ _METHOD_NAMES = frozenset(
 )
 
 
+def linear(weights: Iterable[Value], inputs: Iterable[Any], bias: Value | None = None) -> Value:
+    """bias + w[0]*x[0] + w[1]*x[1] + ... as one node (label 'linear'), summed left to right as
+    micrograd's Neuron does (`sum((wi*xi for wi, xi in zip(w, x)), b)`), so the value is the
+    same to the last bit; without a bias the sum starts from the int 0, like Python's sum().
+    Weights and bias are Values; inputs are Values or numbers."""
+    ws, xs = list(weights), list(inputs)
+    if len(xs) != len(ws):
+        raise ValueError(f"linear: {len(ws)} weights but {len(xs)} inputs")
+    if bias is not None and not isinstance(bias, Value):
+        raise TypeError(f"linear: bias must be a Value or None, not {type(bias).__name__}")
+    for w in ws:
+        if not isinstance(w, Value):
+            raise TypeError(f"linear: weights must be Values, not {type(w).__name__}")
+    for x in xs:
+        if not isinstance(x, Value) and _number_or_none(x) is None:
+            raise TypeError(f"linear: inputs must be Values or numbers, not {type(x).__name__}")
+    xs = [_as_value(x) for x in xs]
+    acc: Number = 0 if bias is None else bias.data
+    for w, x in zip(ws, xs):
+        acc = _fit(acc + _fit(w.data * x.data))
+    out = Value(acc, ([] if bias is None else [bias]) + ws + xs, "linear")
+
+    def _backward() -> None:
+        if bias is not None:
+            bias.grad += out.grad
+        for w, x in zip(ws, xs):
+            w.grad += x.data * out.grad
+            x.grad += w.data * out.grad
+
+    out._backward = _backward
+    return out
+
+
 def _no_backward() -> None:
     pass
 

@@ -12,12 +12,12 @@ import warnings
 ENGINE: str
 
 if os.environ.get("MICHIGRAD_PURE", "") not in ("", "0"):
-    from ._reference import Value
+    from ._reference import Value, linear
 
     ENGINE = "reference"
 else:
     try:
-        from ._engine import Value
+        from ._engine import Value, linear
     except ImportError as exc:  # no compiled extension for this platform: say so once, go on
         warnings.warn(
             f"michigrad: compiled engine unavailable ({exc}); using the pure-Python engine, "
@@ -25,10 +25,10 @@ else:
             RuntimeWarning,
             stacklevel=2,
         )
-        from ._reference import Value
+        from ._reference import Value, linear
 
         ENGINE = "reference"
     else:
         ENGINE = "compiled"
 
-__all__ = ["Value", "ENGINE"]
+__all__ = ["ENGINE", "Value", "linear"]
