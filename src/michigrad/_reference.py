@@ -75,10 +75,10 @@ def _pow(x: Number, y: Number) -> Number:
     if type(x) is int and type(y) is int and y >= 0:
         approx = float(x) ** float(y)  # OverflowError if it cannot be a float at all
         return x**y if abs(approx) < _EXACT_INT_LIMIT else approx
-    result = x**y
-    if type(result) is complex:
+    if x < 0 and math.isfinite(x) and math.isfinite(y) and not float(y).is_integer():
+        # checked first: Python's complex power can overflow before returning its complex result
         raise ValueError(f"{x!r} ** {y!r} is a complex number; Value supports real numbers only")
-    return result
+    return x**y
 
 
 def _ieee_pow(x: float, y: float) -> float:
