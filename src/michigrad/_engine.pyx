@@ -251,11 +251,15 @@ cdef int as_number(object x, double* out, bint* is_int) except -1:
         return 1
     if type(x) is int:
         return int_as_number(x, out, is_int)
+    if isinstance(x, float):  # float subclasses: numpy.float64
+        out[0] = PyFloat_AS_DOUBLE(x)
+        is_int[0] = False
+        return 1
     if x is None or isinstance(x, (str, bytes, bytearray, complex, Value)):
         return 0
     if PyIndex_Check(x):  # bool, numpy integers
         return int_as_number(operator.index(x), out, is_int)
-    if hasattr(type(x), "__float__"):  # float subclasses, numpy floats, Fraction, Decimal
+    if hasattr(type(x), "__float__"):  # numpy.float32, Fraction, Decimal, ...
         try:
             out[0] = float(x)
         except (TypeError, ValueError):
