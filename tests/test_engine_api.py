@@ -140,3 +140,14 @@ def test_missing_extension_falls_back_with_one_warning():
     assert result.stdout.split() == ["reference", "6"]
     warnings = [line for line in result.stderr.splitlines() if "RuntimeWarning" in line]
     assert len(warnings) == 1 and "compiled engine unavailable" in warnings[0]
+
+
+def test_children_are_the_inputs_in_order_each_once(Value):
+    a, b = Value(1.0), Value(2.0)
+    c = a * b + a
+    product, one = c._children
+    assert product._op == "*" and one is a
+    assert product._children == (a, b)
+    assert (a * a)._children == (a,)
+    assert Value(3.0, (b, a, b), "op")._children == (b, a)
+    assert set(c._children) == c._prev

@@ -1044,6 +1044,18 @@ stores a single scalar value and its gradient"""
         return children
 
     @property
+    def _children(self):
+        """The inputs in the order they were given, each once (`_prev` is the same as a set)."""
+        cdef Node* n = &A.nodes[index_of(self)]
+        cdef int32_t k, nkids = n.nkids
+        children = []
+        for k in range(nkids):
+            child = handle_of(kid(&A.nodes[self._i], k))
+            if not any(child is seen for seen in children):
+                children.append(child)
+        return tuple(children)
+
+    @property
     def _backward(self):
         cdef Node* n = &A.nodes[index_of(self)]
         if n.flags & F_PY_BACKWARD:
