@@ -25,6 +25,14 @@ cdef enum Op:
     OP_LINEAR = 12   # 'linear': bias + sum(w[i] * x[i]) as one node (a neuron's pre-activation);
                      # children [bias,] w[0..n), x[0..n): an odd count means there is a bias
 
+# What an op's forward reports where Python would raise (see raise_forward_error).
+cdef enum ForwardError:
+    FWD_OK = 0
+    FWD_OVERFLOW = 1       # OverflowError: exp or ** too large for a float
+    FWD_DOMAIN = 2         # ValueError: log of a non-positive number
+    FWD_ZERO_DIVISION = 3  # ZeroDivisionError: 0.0 ** negative
+    FWD_COMPLEX = 4        # ValueError: negative ** fractional would be a complex number
+
 # Node flag bits.
 cdef enum Flag:
     F_DATA_INT = 1    # data is a Python int (exact: |data| < 2**53)

@@ -330,22 +330,6 @@ cdef inline double ieee_pow(double x, double y) noexcept nogil:
     return python_pow(x, y, &o, &z, &c)
 
 
-cdef double checked_pow(double x, bint x_int, double y, bint y_int, bint* result_int) except? -1.0:
-    """x ** y with Python's errors; int ** non-negative int is an int while it fits."""
-    cdef bint overflow, zero_division, complex_result
-    cdef double r = python_pow(x, y, &overflow, &zero_division, &complex_result)
-    if zero_division:
-        raise ZeroDivisionError("0.0 cannot be raised to a negative power")
-    if complex_result:
-        raise ValueError(f"{number_object(x, x_int)!r} ** {number_object(y, y_int)!r} is a "
-                         "complex number; Value supports real numbers only")
-    if overflow:
-        raise OverflowError(f"{number_object(x, x_int)!r} ** {number_object(y, y_int)!r} is "
-                            "too large for a float")
-    result_int[0] = x_int and y_int and y >= 0.0 and fits_int(r)
-    return r + 0.0 if result_int[0] else r  # an int result has no negative zero
-
-
 cdef inline double pow_grad(double x, double c) noexcept nogil:
     """d(x**c)/dx = c * x**(c-1), micrograd's formula; 0 when c == 0, as in PyTorch."""
     if c == 0.0:
@@ -373,6 +357,109 @@ cdef inline double sigmoid(double x) noexcept nogil:
 
 
 # ============================================================================== the op table
+# Each op is two C functions side by side: its forward (op_forward, linear_value) and its local
+# backward (builtin_local_backward). The Python operators and any re-execution of a recorded
+# graph go through the same ones.
+
+cdef inline double sum_or_product(bint product, double x, bint xi, double y, bint yi,
+                                 bint* ri) noexcept nogil:
+    """x + y or x * y: the forward of '+' and '*' (int when both are ints and it fits)."""
+    cdef double v = x * y if product else x + y
+    ri[0] = xi and yi and fits_int(v)
+    return v + 0.0 if ri[0] else v  # an int has no negative zero
+
+
+cdef inline int op_forward(uint16_t op, double x, bint xi, double y, bint yi,
+                           double* r, bint* ri) noexcept nogil:
+    """The value of `op` at x (and y: the other operand, or the exponent of '**c'), keeping
+    Python's int/float distinction in *ri. Returns FWD_OK, or the error Python would raise."""
+    cdef bint overflow, zero_division, complex_result
+    cdef double v
+    ri[0] = False
+    if op == OP_ADD or op == OP_MUL:
+        r[0] = sum_or_product(op == OP_MUL, x, xi, y, yi, ri)
+        return FWD_OK
+    if op == OP_POWC or op == OP_POW:
+        v = python_pow(x, y, &overflow, &zero_division, &complex_result)
+        if zero_division:
+            return FWD_ZERO_DIVISION
+        if complex_result:
+            return FWD_COMPLEX
+        if overflow:
+            return FWD_OVERFLOW
+        ri[0] = xi and yi and y >= 0.0 and fits_int(v)  # int ** non-negative int is an int
+    elif op == OP_EXP:
+        v = exp(x)
+        if isinf(v) and isfinite(x):
+            return FWD_OVERFLOW
+    elif op == OP_LOG:
+        if x <= 0.0:
+            return FWD_DOMAIN
+        v = log(x)
+    elif op == OP_TANH:
+        v = tanh(x)
+    elif op == OP_RELU:  # micrograd's `0 if x < 0 else x`: the int 0 below zero
+        if x < 0.0:
+            v = 0.0
+            ri[0] = True
+        else:
+            v = x
+            ri[0] = xi
+    elif op == OP_SIGMOID:
+        v = sigmoid(x)
+    elif op == OP_ABS:
+        v = fabs(x)
+        ri[0] = xi
+    else:
+        v = NAN
+    r[0] = v + 0.0 if ri[0] else v  # an int has no negative zero
+    return FWD_OK
+
+
+cdef int raise_forward_error(int error, uint16_t op, double x, bint xi, double y, bint yi) except -1:
+    """Raise what Python's own arithmetic raises for this op and these operands."""
+    if error == FWD_ZERO_DIVISION:
+        raise ZeroDivisionError("0.0 cannot be raised to a negative power")
+    if error == FWD_COMPLEX:
+        raise ValueError(f"{number_object(x, xi)!r} ** {number_object(y, yi)!r} is a complex "
+                         "number; Value supports real numbers only")
+    if error == FWD_OVERFLOW and op == OP_EXP:
+        raise OverflowError(f"exp({number_object(x, xi)!r}) is too large for a float")
+    if error == FWD_OVERFLOW:
+        raise OverflowError(f"{number_object(x, xi)!r} ** {number_object(y, yi)!r} is too large "
+                            "for a float")
+    if error == FWD_DOMAIN:
+        raise ValueError(f"log({number_object(x, xi)!r}): math domain error "
+                         "(log needs a positive number)")
+    raise SystemError(f"michigrad: forward error {error} for op {op}")
+
+
+cdef inline double linear_value(Node* nodes, int32_t* kids, int32_t nkids, bint* ri) noexcept nogil:
+    """bias + w[0]*x[0] + ... summed left to right (the children layout of OP_LINEAR)."""
+    cdef int32_t has_bias = nkids & 1, n = nkids >> 1, k
+    cdef double acc = 0.0, product
+    cdef bint acc_int = True  # without a bias, Python's sum() starts from the int 0
+    cdef Node* w
+    cdef Node* x
+    if has_bias:
+        acc = nodes[kids[0]].data
+        acc_int = (nodes[kids[0]].flags & F_DATA_INT) != 0
+    for k in range(n):
+        w = &nodes[kids[has_bias + k]]
+        x = &nodes[kids[has_bias + n + k]]
+        product = w.data * x.data
+        if w.flags & x.flags & F_DATA_INT and fits_int(product):
+            product = product + 0.0
+        else:
+            acc_int = False
+        acc = acc + product
+        if acc_int and fits_int(acc):
+            acc = acc + 0.0
+        else:
+            acc_int = False
+    ri[0] = acc_int
+    return acc
+
 
 cdef inline void accumulate(Node* n, double contrib, bint contrib_int) noexcept nogil:
     """n.grad += contrib, keeping Python's int/float distinction."""
@@ -667,94 +754,67 @@ cdef inline uint16_t int_flag(bint is_int) noexcept nogil:
     return F_DATA_INT if is_int else 0
 
 
-cdef Value unary(Value self, uint16_t op):
-    """One of the elementwise functions: the forward of the op table."""
+cdef object make_op(uint16_t op, int32_t i, int32_t j, double c, bint c_int):
+    """Node `op` over node i and node j (-1 for a unary op; for '**c' the exponent is c).
+    Every Python operator ends here; the caller has reserved a slot."""
+    cdef Node* a = &A.nodes[i]
+    cdef double x = a.data, y = c, r
+    cdef bint xi = (a.flags & F_DATA_INT) != 0, yi = c_int, ri
+    if j >= 0:
+        y = A.nodes[j].data
+        yi = (A.nodes[j].flags & F_DATA_INT) != 0
+    cdef int error = op_forward(op, x, xi, y, yi, &r, &ri)
+    if error:
+        raise_forward_error(error, op, x, xi, y, yi)
+    cdef int32_t k = new_node(r, int_flag(ri), op, i, j)
+    if op == OP_POWC:
+        A.nodes[k].aux = c
+        if c_int:
+            A.nodes[k].flags |= F_AUX_INT
+    return new_handle(k)
+
+
+cdef object unary(Value self, uint16_t op):
     cdef int32_t i = index_of(self)
     reserve(1)
+    return make_op(op, i, -1, 0.0, False)
+
+
+cdef object add_or_multiply(Value self, object other, bint product):
+    """self + other or self * other (a number becomes a constant leaf, as in micrograd). The
+    hottest path of the engine: it cannot fail once the slots are reserved."""
+    cdef bint ok, ri
+    cdef int32_t i = index_of(self)
+    reserve(2)
+    cdef int32_t j = operand_node(other, &ok)
+    if not ok:
+        return NotImplemented
     cdef Node* a = &A.nodes[i]
-    cdef double x = a.data, r
-    cdef bint xi = (a.flags & F_DATA_INT) != 0, ri = False
-    if op == OP_EXP:
-        r = exp(x)
-        if isinf(r) and isfinite(x):
-            raise OverflowError(f"exp({number_object(x, xi)!r}) is too large for a float")
-    elif op == OP_LOG:
-        if x <= 0.0:
-            raise ValueError(f"log({number_object(x, xi)!r}): math domain error "
-                             "(log needs a positive number)")
-        r = log(x)
-    elif op == OP_TANH:
-        r = tanh(x)
-    elif op == OP_RELU:
-        if x < 0.0:
-            r = 0.0
-            ri = True
-        else:
-            r = x
-            ri = xi
-    elif op == OP_SIGMOID:
-        r = sigmoid(x)
-    elif op == OP_ABS:
-        r = fabs(x)
-        ri = xi
-    else:
-        raise SystemError(f"michigrad: unknown unary op {op}")
-    return new_handle(new_node(r, int_flag(ri), op, i, -1))
+    cdef Node* b = &A.nodes[j]
+    cdef double r = sum_or_product(product, a.data, (a.flags & F_DATA_INT) != 0,
+                                   b.data, (b.flags & F_DATA_INT) != 0, &ri)
+    return new_handle(new_node(r, int_flag(ri), OP_MUL if product else OP_ADD, i, j))
 
 
 cdef object power(Value self, object exponent):
     """self ** exponent for a number exponent: node '**c' with c kept in aux."""
     cdef double c
-    cdef bint c_int, ri
+    cdef bint c_int
     cdef int32_t i = index_of(self)
     if not as_number(exponent, &c, &c_int):
         return NotImplemented
     reserve(1)
-    cdef Node* a = &A.nodes[i]
-    cdef double r = checked_pow(a.data, (a.flags & F_DATA_INT) != 0, c, c_int, &ri)
-    cdef int32_t k = new_node(r, int_flag(ri), OP_POWC, i, -1)
-    A.nodes[k].aux = c
-    if c_int:
-        A.nodes[k].flags |= F_AUX_INT
-    return new_handle(k)
+    return make_op(OP_POWC, i, -1, c, c_int)
 
 
-cdef object add(Value self, object other):
-    cdef bint ok
-    cdef int32_t i = index_of(self)
-    reserve(2)
-    cdef int32_t j = operand_node(other, &ok)
-    if not ok:
-        return NotImplemented
-    cdef Node* a = &A.nodes[i]
-    cdef Node* b = &A.nodes[j]
-    cdef double r = a.data + b.data
-    cdef bint ri = (a.flags & b.flags & F_DATA_INT) != 0 and fits_int(r)
-    return new_handle(new_node(r + 0.0 if ri else r, int_flag(ri), OP_ADD, i, j))
-
-
-cdef object multiply(Value self, object other):
-    cdef bint ok
-    cdef int32_t i = index_of(self)
-    reserve(2)
-    cdef int32_t j = operand_node(other, &ok)
-    if not ok:
-        return NotImplemented
-    cdef Node* a = &A.nodes[i]
-    cdef Node* b = &A.nodes[j]
-    cdef double r = a.data * b.data
-    cdef bint ri = (a.flags & b.flags & F_DATA_INT) != 0 and fits_int(r)
-    return new_handle(new_node(r + 0.0 if ri else r, int_flag(ri), OP_MUL, i, j))
-
-
-cdef Value power_value(int32_t base, int32_t exponent):
-    """base ** exponent with both Values: node '**', with a gradient for the exponent too."""
+cdef double number_pow(double x, bint xi, double y, bint yi) except? -1.0:
+    """x ** y for two numbers, with Python's errors (micrograd's `self * other**-1`)."""
+    cdef double r
     cdef bint ri
-    cdef Node* a = &A.nodes[base]
-    cdef Node* b = &A.nodes[exponent]
-    cdef double r = checked_pow(a.data, (a.flags & F_DATA_INT) != 0,
-                                b.data, (b.flags & F_DATA_INT) != 0, &ri)
-    return new_handle(new_node(r, int_flag(ri), OP_POW, base, exponent))
+    cdef int error = op_forward(OP_POWC, x, xi, y, yi, &r, &ri)
+    if error:
+        raise_forward_error(error, OP_POWC, x, xi, y, yi)
+    return r
 
 
 cdef object negated(object x):
@@ -781,7 +841,7 @@ def linear(weights, inputs, bias=None):
     cdef list ws = list(weights)
     cdef list xs = list(inputs)
     cdef Py_ssize_t n = len(ws), k, m = 0
-    cdef double number, acc, product
+    cdef double number, acc
     cdef bint number_int, acc_int
     cdef bint has_bias = bias is not None
     if len(xs) != n:
@@ -823,28 +883,7 @@ def linear(weights, inputs, bias=None):
         else:
             as_number(xs[k], &number, &number_int)
             kids[m + k] = new_node(number, int_flag(number_int), OP_LEAF, -1, -1)
-    cdef Node* nodes = A.nodes
-    cdef Node* w
-    cdef Node* x
-    if has_bias:
-        acc = nodes[kids[0]].data
-        acc_int = (nodes[kids[0]].flags & F_DATA_INT) != 0
-    else:
-        acc = 0.0
-        acc_int = True
-    for k in range(n):
-        w = &nodes[kids[has_bias + k]]
-        x = &nodes[kids[has_bias + n + k]]
-        product = w.data * x.data
-        if w.flags & x.flags & F_DATA_INT and fits_int(product):
-            product = product + 0.0
-        else:
-            acc_int = False
-        acc = acc + product
-        if acc_int and fits_int(acc):
-            acc = acc + 0.0
-        else:
-            acc_int = False
+    acc = linear_value(A.nodes, kids, nkids, &acc_int)
     cdef int32_t i = new_node(acc, int_flag(acc_int), OP_LINEAR, -1, -1)
     cdef Node* out = &A.nodes[i]
     out.nkids = nkids
@@ -1078,16 +1117,16 @@ stores a single scalar value and its gradient"""
     # --- operations -----------------------------------------------------------------------
 
     def __add__(self, other):
-        return add(self, other)
+        return add_or_multiply(self, other, False)
 
     def __radd__(self, other):  # other + self
-        return add(self, other)
+        return add_or_multiply(self, other, False)
 
     def __mul__(self, other):
-        return multiply(self, other)
+        return add_or_multiply(self, other, True)
 
     def __rmul__(self, other):  # other * self
-        return multiply(self, other)
+        return add_or_multiply(self, other, True)
 
     def __neg__(self):  # -self
         return self * -1
@@ -1106,14 +1145,13 @@ stores a single scalar value and its gradient"""
         return (-self) + other
 
     def __truediv__(self, other):  # self / other
-        cdef double x, r
-        cdef bint x_int, r_int
+        cdef double x
+        cdef bint x_int
         if isinstance(other, Value):
             return self * other**-1
         if not as_number(other, &x, &x_int):
             return NotImplemented
-        r = checked_pow(x, x_int, -1.0, True, &r_int)
-        return self * r
+        return self * number_pow(x, x_int, -1.0, True)
 
     def __rtruediv__(self, other):  # other / self
         cdef double x
@@ -1127,22 +1165,22 @@ stores a single scalar value and its gradient"""
             return NotImplemented
         if isinstance(other, Value):
             reserve(1)
-            return power_value(index_of(self), index_of(<Value>other))
+            return make_op(OP_POW, index_of(self), index_of(<Value>other), 0.0, False)
         return power(self, other)
 
-    def __rpow__(self, other, modulo=None):  # other ** self
-        cdef bint ok
-        if modulo is not None:
+    def __rpow__(self, other, modulo=None):  # other ** self, micrograd's Value(other) ** self
+        cdef double x
+        cdef bint x_int
+        cdef int32_t i = index_of(self)
+        if modulo is not None or not as_number(other, &x, &x_int):
             return NotImplemented
         reserve(2)
-        cdef int32_t j = operand_node(other, &ok)
-        if not ok:
-            return NotImplemented
-        incref_node(j)  # hold the new base while the power is computed (it may raise)
+        cdef int32_t base = new_node(x, int_flag(x_int), OP_LEAF, -1, -1)
+        incref_node(base)  # hold the new constant while the power is made (it may raise)
         try:
-            return power_value(j, index_of(self))
+            return make_op(OP_POW, base, i, 0.0, False)
         finally:
-            decref_node(j)
+            decref_node(base)
 
     def exp(self):
         """e ** self (OverflowError when too large for a float)."""
