@@ -167,14 +167,14 @@ def seed_001_graph(Value: type) -> dict[str, Any]:
 
 def tricky_graph(Value: type) -> Any:
     """Look-alike inputs everywhere: six equal unnamed leaves, two equal-looking sums that sit
-    differently in the graph, a shared product. Drawing it needs more than names to be stable."""
+    differently in the graph, a shared product. Nothing but operand order tells them apart."""
     leaves = [Value(1.0) for _ in range(6)]
     shared = leaves[0] * leaves[1]
     a = leaves[2] + leaves[3] + shared
     b = leaves[4] + leaves[5] + shared
     out = (a * b + a).tanh() + b * a
     # p and q look alike from below (same data, two parents each): only what lies above them,
-    # p * 2 or q * 3, tells which is which inside p + q
+    # p * 2 or q * 3, or the order they were written in, tells which is which inside p + q
     p, q = Value(1.0), Value(1.0)
     out = out + (p + q) * (p * 2.0) * (q * 3.0)
     out.backward()
@@ -250,7 +250,7 @@ def test_show_graph_draws_records_op_nodes_and_edges_as_the_course_does(Value):
     dot = show_graph(d)
     assert isinstance(dot, graphviz.Digraph)
     assert dot.format == "svg"
-    # the whole DOT text, pinned: named inputs in name order, each value numbered after its inputs
+    # the whole DOT text, pinned: inputs in operand order, each value numbered after its inputs
     assert dot.source == textwrap.dedent("""\
         digraph {
         \tgraph [rankdir=LR]
@@ -328,8 +328,12 @@ def test_the_course_readme_example_runs_as_written(Value, monkeypatch, capsys):
     nodes, _ = render_svg(dot)
     values = records(nodes)
     assert {"W₀", "W₁", "b", "x₀", "x₁", "y", "ŷ", "L"} <= {t[0] for t in values.values()}
-    assert values["v13"] == ["L", "data 0.0169", "grad 1.0000"]  # the root is numbered last
-    assert ["W₀", "data 0.3745", "grad -0.1300"] in values.values()
+    # numbered as the example reads, `(y - yhat) ** 2` with `yhat = x0*W0 + x1*W1 + b`, and
+    # the root last
+    assert [values[f"v{i}"][0].strip() for i in range(len(values))] == [
+        "y", "x₀", "W₀", "", "x₁", "W₁", "", "", "b", "ŷ", "", "", "", "L"]
+    assert values["v13"] == ["L", "data 0.0169", "grad 1.0000"]
+    assert values["v2"] == ["W₀", "data 0.3745", "grad -0.1300"]
 
 
 def test_draw_dot_is_micrograds_drawing_with_the_lectures_label(Value):
@@ -473,35 +477,97 @@ def test_the_same_graph_gives_the_same_dot_text_in_every_process_and_engine():
     assert len(sources) == 1
 
 
-class Shuffled:
-    """A view of a Value whose ``_prev`` lists its inputs in a new random order at every call."""
+class ShuffledPrev:
+    """A view of a Value, as micrograd's Value looks (``_prev`` only, no ``_children``), whose
+    ``_prev`` lists its inputs in a new random order at every call."""
 
-    def __init__(self, v: Any, rng: random.Random, views: dict[int, Shuffled]) -> None:
+    def __init__(self, v: Any, rng: random.Random, views: dict[int, Any]) -> None:
         self.v, self.rng, self.views = v, rng, views
         self.data, self.grad, self.name, self._op = v.data, v.grad, v.name, v._op
 
+    def view(self, child: Any) -> Any:
+        return self.views.setdefault(id(child), type(self)(child, self.rng, self.views))
+
     @property
-    def _prev(self) -> list[Shuffled]:
-        kids = [self.views.setdefault(id(c), Shuffled(c, self.rng, self.views))
-                for c in self.v._prev]
+    def _prev(self) -> list[Any]:
+        kids = [self.view(c) for c in self.v._prev]
         self.rng.shuffle(kids)
         return kids
 
 
-def test_the_drawing_does_not_depend_on_the_order_of_prev(Value):
+class ShuffledPrevInOrderChildren(ShuffledPrev):
+    """The same view with the Value's ``_children``, in order, as michigrad's Values have."""
+
+    @property
+    def _children(self) -> tuple[Any, ...]:
+        return tuple(self.view(c) for c in self.v._children)
+
+
+def test_inputs_are_drawn_in_the_order_they_were_written(Value):
+    z, a = Value(2.0, name="z"), Value(3.0, name="a")  # name order is the other way round
+    for out, first, second in ((z * a, "z", "a"), (a * z, "a", "z")):
+        source = show_graph(out).source
+        assert f'\tv0 [label="{{{first} | ' in source
+        assert f'\tv1 [label="{{{second} | ' in source
+        assert "\tv0 -> v2_op\n\tv1 -> v2_op\n" in source
+    # look-alike unnamed inputs too: p * 2 before q * 3 as written, and the other way round
+    p, q = Value(1.0), Value(1.0)
+    records_in_order = re.compile(r'\tv\d+ \[label="\{ \| data (\S+) ')
+    assert records_in_order.findall(show_graph(p * 2 + q * 3).source) == [
+        "1.0000", "2.0000", "2.0000", "1.0000", "3.0000", "3.0000", "5.0000"]
+    assert records_in_order.findall(show_graph(q * 3 + p * 2).source) == [
+        "1.0000", "3.0000", "3.0000", "1.0000", "2.0000", "2.0000", "5.0000"]
+    # a shared input is numbered where it is first met: a * b + a is a, b, a * b, the sum
+    nodes, edges = render_svg(draw_dot(a * z + a))
+    assert [records(nodes)[f"v{i}"][0] for i in range(4)] == ["a", "z", "data 6.0000",
+                                                              "data 9.0000"]
+    assert edges == {"v0->v2_op", "v1->v2_op", "v2_op->v2", "v2->v3_op", "v0->v3_op",
+                     "v3_op->v3"}
+
+
+def test_the_drawing_follows_children_and_ignores_the_order_of_prev(Value):
     for root in (tricky_graph(Value), seed_001_graph(Value)["L"]):
         expected = show_graph(root).source
         for seed in range(10):
-            shuffled = Shuffled(root, random.Random(seed), {})
-            assert show_graph(shuffled).source == expected
-            assert draw_dot(shuffled).source == draw_dot(root).source
+            view = ShuffledPrevInOrderChildren(root, random.Random(seed), {})
+            assert show_graph(view).source == expected
+            assert draw_dot(view).source == draw_dot(root).source
 
 
-def test_both_engines_draw_the_same_text():
+def test_values_without_children_are_drawn_in_a_fixed_order_whatever_prev_says(Value):
+    # micrograd's Values have only the set `_prev`: inputs are sorted by name, op, data, grad,
+    # so a graph whose inputs can be told apart that way always gives the same text
+    root = seed_001_graph(Value)["L"]
+    sources = {show_graph(ShuffledPrev(root, random.Random(seed), {})).source
+               for seed in range(10)}
+    assert len(sources) == 1
+    names = re.findall(r'\tv\d+ \[label="\{([^|]*) \|', sources.pop())
+    # L is `y + tanh(ŷ) * -1`: the unnamed product sorts before y, and the unnamed -1 before
+    # tanh(ŷ); W₀ before x₀ by name
+    assert names == ["", "W₀", "x₀", "W0x0", "W₁", "x₁", "W1x1", "ŷ", "tanh(ŷ)", "", "y", "L"]
+
+
+def every_op(Value: type) -> Any:
+    """One graph with every operation, reflected operand and shared input the engines have."""
+    a, b, c = Value(2.0, name="a"), Value(3.0, name="b"), Value(-1.5, name="c")
+    outs = [a * b, b * a, a + b, 2 + a, a + 2, 3 * a, a * 3, a - b, 1 - a, a - 1, a / b, 1 / a,
+            a / 2, a ** 2, a ** b, 2 ** a, -a, a.exp(), b.log(), c.tanh(), c.relu(),
+            c.sigmoid(), c.abs(), a * a, a + a]
+    total = outs[0]
+    for out in outs[1:]:
+        total = total + out
+    total.backward()
+    return total
+
+
+def test_both_engines_draw_the_same_text(monkeypatch):
     from conftest import engine_value_class
 
     compiled, reference = engine_value_class("compiled"), engine_value_class("reference")
-    assert show_graph(tricky_graph(compiled)).source == show_graph(tricky_graph(reference)).source
+    for program in (tricky_graph, every_op, lambda V: seed_001_graph(V)["L"],
+                    lambda V: run_readme_example(V, monkeypatch)["L"]):
+        assert show_graph(program(compiled)).source == show_graph(program(reference)).source
+        assert draw_dot(program(compiled)).source == draw_dot(program(reference)).source
 
 
 # ---------------------------------------------------------------------------------- escaping

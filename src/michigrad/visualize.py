@@ -16,12 +16,12 @@ What it does better than the originals:
 * **Any depth.** Every traversal uses an explicit stack or queue, never recursion.
 * **Deterministic output.** The same graph gives the same DOT text (and the same HTML) on every run,
   in every process, and with either engine. The rule: value nodes are ``v0, v1, ...`` (an op node
-  is its value's id plus ``_op``), numbered in a post-order walk from the root, so every value is
-  numbered after its inputs, in an order it could have been created in. ``_prev`` is a set whose
-  order follows memory addresses, so the walk orders a node's inputs by their content instead:
-  named inputs first, by name, then by op label, then by fingerprints of everything below and
-  everything above the input (names, ops, data, grads, sharing). Inputs that all of this cannot
-  tell apart are interchangeable: either order gives the same text.
+  is its value's id plus ``_op``), numbered in a post-order walk from the root that visits each
+  value's inputs in the order they were written (``x0*W0`` draws x₀ before W₀), so every value is
+  numbered after its inputs, in an order it could have been created in. That order is
+  ``Value._children``; ``_prev`` is the same inputs as a set, whose order follows memory
+  addresses. micrograd's own Values have only ``_prev``: their inputs are drawn sorted by name,
+  op, data and grad, which is deterministic unless two inputs of one op look the same.
 * **Any name.** Names with ``| { } < > " \\ &`` or newlines, and non-ASCII names (``W₀``, ``ŷ``),
   are escaped for DOT record labels and drawn as written (DOT collapses runs of spaces).
 * **Large graphs do not hang.** ``max_nodes`` (default ``DEFAULT_MAX_NODES``) caps the number of
@@ -37,7 +37,6 @@ What it does better than the originals:
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import re
@@ -67,8 +66,9 @@ _VIZ_EXTRA = "pip install michigrad[viz]"
 
 
 class GraphNode(Protocol):
-    """What the drawing reads from a node: a michigrad ``Value`` of either engine (micrograd's
-    ``Value`` also fits: ``name``/``label`` are read when present)."""
+    """What the drawing reads from a node: a michigrad ``Value`` of either engine (its inputs in
+    order from ``_children``). micrograd's ``Value`` also fits: ``name``/``label`` are read when
+    present, and its inputs come from ``_prev``."""
 
     data: Any
     grad: Any
@@ -169,6 +169,13 @@ def _name(v: Any) -> str:
     return name if isinstance(name, str) else str(name)
 
 
+def _inputs(v: Any) -> list[Any]:
+    """A value's inputs in drawing order: as written (``_children``) for michigrad's Values."""
+    if not hasattr(v, "_children"):  # micrograd's Value has only the set `_prev`: sort it
+        return sorted(v._prev, key=lambda c: repr((_name(c), c._op, c.data, c.grad)))
+    return list(v._children)
+
+
 def trace(root: N) -> tuple[set[N], set[tuple[N, N]]]:
     """micrograd's ``trace``: all Values reachable from ``root``, and the ``(child, parent)``
     pairs that link them. Iterative, so any depth works."""
@@ -198,8 +205,6 @@ class _Graph:
 
     def __init__(self, root: Any, max_nodes: int | None) -> None:
         found, kids, cut = _collect(root, max_nodes)
-        keys = _sibling_keys(found, kids, cut)
-        kids = [sorted(k, key=keys.__getitem__) for k in kids]
         order = _post_order(kids)
         number = {old: new for new, old in enumerate(order)}
         self.values: list[Any] = [found[old] for old in order]
@@ -214,20 +219,20 @@ class _Graph:
 def _collect(root: Any, max_nodes: int | None) -> tuple[list[Any], list[list[int]], list[int]]:
     """Breadth-first from the root, a whole level (distance from the root) at a time.
 
-    Returns the Values found (in no meaningful order), each one's inputs (as indices into that
-    list) and how many of its inputs were cut. A level that would take the count past
-    ``max_nodes`` is not drawn at all: keeping whole levels makes the drawn set depend on the
-    graph alone, not on the (address-dependent) order of ``_prev``, and it means nothing below
-    the cut is ever visited, so a huge graph costs no more than the part that is drawn.
+    Returns the Values found (root first, then level by level), each one's inputs (as indices
+    into that list, in drawing order) and how many of its inputs were cut. A level that would
+    take the count past ``max_nodes`` is not drawn at all: no value is drawn without the other
+    values at its distance from the root, and nothing below the cut is ever visited, so a huge
+    graph costs no more than the part that is drawn.
     """
     found: list[Any] = [root]  # holding the Values keeps their id()s unique while we work
     index = {id(root): 0}
-    prevs: list[list[Any]] = []  # found[i]'s inputs, read once (`_prev` builds a new set)
+    prevs: list[list[Any]] = []  # found[i]'s inputs in drawing order, read once
     level = [0]
     while level:
         fresh: dict[int, Any] = {}
         for i in level:
-            children = list(found[i]._prev)
+            children = _inputs(found[i])
             prevs.append(children)
             for child in children:
                 if id(child) not in index and id(child) not in fresh:
@@ -247,49 +252,6 @@ def _collect(root: Any, max_nodes: int | None) -> tuple[list[Any], list[list[int
         cut.append(len(children) - len(kept))
     # every kept Value's inputs were read; those not kept (below the cut) are counted as cut
     return found, kids, cut
-
-
-_Key = tuple[bool, str, str, bytes, bytes]
-
-
-def _sibling_keys(found: list[Any], kids: list[list[int]], cut: list[int]) -> list[_Key]:
-    """A sort key per node that depends only on the graph's content.
-
-    ``down`` fingerprints a node and everything below it (op, name, data, grad, how many parents
-    it has in the drawing, how many inputs were cut, and its inputs' fingerprints, sorted);
-    ``up`` adds everything above it. Together they tell apart inputs that sit differently in the
-    graph even when they look alike; inputs with equal keys are interchangeable.
-    """
-    n = len(found)
-    parents: list[list[int]] = [[] for _ in range(n)]
-    for p in range(n):
-        for c in kids[p]:
-            parents[c].append(p)
-    # children before parents (Kahn's algorithm on the inputs), without recursion
-    pending = [len(k) for k in kids]
-    topo = [i for i in range(n) if pending[i] == 0]
-    for i in topo:  # topo grows while we walk it
-        for p in parents[i]:
-            pending[p] -= 1
-            if pending[p] == 0:
-                topo.append(p)
-    down: list[bytes] = [b""] * n
-    for i in topo:
-        v = found[i]
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr((v._op, _name(v), v.data, v.grad, len(parents[i]), cut[i])).encode())
-        for d in sorted(down[c] for c in kids[i]):
-            h.update(d)
-        down[i] = h.digest()
-    up: list[bytes] = [b""] * n
-    for i in reversed(topo):
-        h = hashlib.blake2b(down[i], digest_size=16)
-        for u in sorted(up[p] for p in parents[i]):
-            h.update(u)
-        up[i] = h.digest()
-    # named inputs first, by name (x₀ before x₁, and usually operand order: `y - ŷ` draws y
-    # before the unnamed `ŷ * -1`); the fingerprints only break ties
-    return [(_name(v) == "", _name(v), v._op, down[i], up[i]) for i, v in enumerate(found)]
 
 
 def _post_order(kids: list[list[int]]) -> list[int]:
