@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 ENGINE: str
 
-if os.environ.get("MICHIGRAD_PURE", "") not in ("", "0"):
+if TYPE_CHECKING:  # type checkers see the compiled engine's stub (_engine.pyi): the public type
+    from ._engine import Value, linear
+elif os.environ.get("MICHIGRAD_PURE", "") not in ("", "0"):
     from ._reference import Value, linear
 
     ENGINE = "reference"
