@@ -1,0 +1,330 @@
+"""Loss functions over Values, named and reduced as in ``torch.nn.functional``.
+
+Every function takes predictions and targets -- a Value or number, or equal-shaped (nested)
+lists of them -- and returns a Value: the mean over the elements by default, their sum with
+``reduction="sum"``, or the list of per-element losses with ``reduction="none"``. The mean is
+micrograd's ``sum(losses) * (1.0 / len(losses))``, so ``hinge_loss`` reproduces micrograd's demo
+loss to the last bit.
+
+Each loss is built from the engine's own ops, so its gradient is exact and ``backward()`` runs in
+the compiled core; where the textbook formula overflows (``exp`` of a large logit) the graph is
+chosen from the sign of the input so that no intermediate can. The class forms (``MSELoss()``,
+...) are for code written the PyTorch way: ``criterion = MSELoss(); loss = criterion(y, t)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal, Union, overload
+
+from .engine import Value
+
+__all__ = [
+    "mse_loss", "l1_loss", "mae_loss", "huber_loss", "hinge_loss", "binary_cross_entropy",
+    "binary_cross_entropy_with_logits", "cross_entropy",
+    "MSELoss", "L1Loss", "HuberLoss", "HingeLoss", "BCELoss", "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+]
+
+Operand = Union[Value, float, int]
+Nested = Union[Operand, Sequence[Any]]
+Reduced = Literal["mean", "sum"]  # these reductions give one Value; "none" gives a list
+
+_REDUCTIONS = ("mean", "sum", "none")
+# torch clamps log(p) at -100 in binary_cross_entropy, so p = 0 costs 100, not infinity
+_LOG_FLOOR = -100.0
+_LOG_FLOOR_INPUT = math.exp(_LOG_FLOOR)
+
+
+def _is_scalar(x: Any) -> bool:
+    return isinstance(x, Value) or not hasattr(x, "__len__")
+
+
+def _pairs(input: Any, target: Any, name: str) -> list[tuple[Any, Any]]:
+    """Matching scalar elements of input and target (flattened, row by row); ValueError when
+    their shapes differ."""
+    if _is_scalar(input) and _is_scalar(target):
+        return [(input, target)]
+    if _is_scalar(input) or _is_scalar(target):
+        raise ValueError(f"{name}: input and target must have the same shape "
+                         f"(one is a scalar, the other a sequence)")
+    if len(input) != len(target):
+        raise ValueError(f"{name}: input has {len(input)} elements, target {len(target)}")
+    if len(input) == 0:
+        raise ValueError(f"{name}: empty input")
+    out: list[tuple[Any, Any]] = []
+    for i, t in zip(input, target):
+        out.extend(_pairs(i, t, name))
+    return out
+
+
+def _value(x: Any) -> Value:
+    return x if isinstance(x, Value) else Value(x)
+
+
+def _reduce(losses: list[Value], reduction: str) -> Any:
+    """The mean, the sum or the list of the losses (typed Any: the overloads say which)."""
+    if reduction == "mean":
+        return sum(losses) * (1.0 / len(losses))  # micrograd's demo: bit-identical
+    if reduction == "sum":
+        return sum(losses)
+    if reduction == "none":
+        return losses
+    raise ValueError(f"reduction must be one of {_REDUCTIONS}, not {reduction!r}")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, not {reduction!r}")
+
+
+# =============================================================================== regression
+
+
+@overload
+def mse_loss(input: Nested, target: Nested, reduction: Reduced = ...) -> Value: ...
+@overload
+def mse_loss(input: Nested, target: Nested, reduction: Literal["none"]) -> list[Value]: ...
+@overload
+def mse_loss(input: Nested, target: Nested, reduction: str = ...) -> Value | list[Value]: ...
+
+def mse_loss(input: Nested, target: Nested, reduction: str = "mean") -> Any:
+    """Mean squared error: ``(input - target)**2``."""
+    _check_reduction(reduction)
+    return _reduce([(_value(x) - y) ** 2 for x, y in _pairs(input, target, "mse_loss")], reduction)
+
+
+
+@overload
+def l1_loss(input: Nested, target: Nested, reduction: Reduced = ...) -> Value: ...
+@overload
+def l1_loss(input: Nested, target: Nested, reduction: Literal["none"]) -> list[Value]: ...
+@overload
+def l1_loss(input: Nested, target: Nested, reduction: str = ...) -> Value | list[Value]: ...
+
+def l1_loss(input: Nested, target: Nested, reduction: str = "mean") -> Any:
+    """Mean absolute error: ``|input - target|`` (gradient sign(input - target), 0 at 0)."""
+    _check_reduction(reduction)
+    return _reduce([(_value(x) - y).abs() for x, y in _pairs(input, target, "l1_loss")], reduction)
+
+
+mae_loss = l1_loss
+
+
+
+@overload
+def huber_loss(input: Nested, target: Nested, reduction: Reduced = ..., delta: float = ...) -> Value: ...
+@overload
+def huber_loss(input: Nested, target: Nested, reduction: Literal["none"], delta: float = ...) -> list[Value]: ...
+@overload
+def huber_loss(input: Nested, target: Nested, reduction: str = ..., delta: float = ...) -> Value | list[Value]: ...
+
+def huber_loss(input: Nested, target: Nested, reduction: str = "mean",
+               delta: float = 1.0) -> Any:
+    """Huber loss: ``0.5*d**2`` where ``|d| < delta``, else ``delta*(|d| - 0.5*delta)``, with
+    ``d = input - target`` -- quadratic near the target, linear (robust to outliers) far away."""
+    _check_reduction(reduction)
+    if not delta > 0:
+        raise ValueError(f"huber_loss: delta must be positive, not {delta}")
+    losses = []
+    for x, y in _pairs(input, target, "huber_loss"):
+        d = _value(x) - y
+        if abs(d.data) < delta:
+            losses.append(0.5 * d**2)
+        else:
+            losses.append(delta * (d.abs() - 0.5 * delta))
+    return _reduce(losses, reduction)
+
+
+# =========================================================================== classification
+
+
+@overload
+def hinge_loss(input: Nested, target: Nested, reduction: Reduced = ..., margin: float = ...) -> Value: ...
+@overload
+def hinge_loss(input: Nested, target: Nested, reduction: Literal["none"], margin: float = ...) -> list[Value]: ...
+@overload
+def hinge_loss(input: Nested, target: Nested, reduction: str = ..., margin: float = ...) -> Value | list[Value]: ...
+
+def hinge_loss(input: Nested, target: Nested, reduction: str = "mean",
+               margin: float = 1) -> Any:
+    """SVM max-margin loss for labels ±1: ``relu(margin - target*input)``, written as
+    micrograd's demo writes it (``(1 + -yi*scorei).relu()``, the int 1 included), so the
+    numbers -- and their int/float types -- are identical."""
+    _check_reduction(reduction)
+    return _reduce([(margin + -y * _value(s)).relu()
+                    for s, y in _pairs(input, target, "hinge_loss")], reduction)
+
+
+def _log_clamped(p: Value) -> Value:
+    """log(p) clamped below at -100 (torch's binary_cross_entropy): p = 0 gives a finite loss.
+    Below the clamp the gradient is 1/max(p, 1e-12), as torch's, so training can recover."""
+    if p.data > _LOG_FLOOR_INPUT:
+        return p.log()
+    out = Value(_LOG_FLOOR, (p,), "log")
+
+    def _backward() -> None:
+        p.grad += out.grad / max(p.data, 1e-12)
+
+    out._backward = _backward
+    return out
+
+
+
+@overload
+def binary_cross_entropy(input: Nested, target: Nested, reduction: Reduced = ...) -> Value: ...
+@overload
+def binary_cross_entropy(input: Nested, target: Nested, reduction: Literal["none"]) -> list[Value]: ...
+@overload
+def binary_cross_entropy(input: Nested, target: Nested, reduction: str = ...) -> Value | list[Value]: ...
+
+def binary_cross_entropy(input: Nested, target: Nested,
+                         reduction: str = "mean") -> Any:
+    """Binary cross-entropy from probabilities in [0, 1] (e.g. a ``Sigmoid`` output):
+    ``-(t*log(p) + (1-t)*log(1-p))``, each log clamped at -100 as in PyTorch. For raw scores
+    prefer ``binary_cross_entropy_with_logits`` (stable for any logit)."""
+    _check_reduction(reduction)
+    losses = []
+    for p, t in _pairs(input, target, "binary_cross_entropy"):
+        p = _value(p)
+        if not 0.0 <= p.data <= 1.0:
+            raise ValueError(f"binary_cross_entropy: input must be in [0, 1], got {p.data}")
+        t_data = t.data if isinstance(t, Value) else t
+        if t_data == 1 and not isinstance(t, Value):  # skip a term that is 0 * log(...)
+            losses.append(-_log_clamped(p))
+        elif t_data == 0 and not isinstance(t, Value):
+            losses.append(-_log_clamped(1 - p))
+        else:
+            losses.append(-(t * _log_clamped(p) + (1 - t) * _log_clamped(1 - p)))
+    return _reduce(losses, reduction)
+
+
+def _softplus(z: Value) -> Value:
+    """log(1 + e**z) without overflow: the branch is chosen by the sign of z so that exp only
+    ever sees a non-positive argument; either way the gradient is sigmoid(z), exactly."""
+    if z.data >= 0:
+        return z + (1 + (-z).exp()).log()
+    return (1 + z.exp()).log()
+
+
+
+@overload
+def binary_cross_entropy_with_logits(input: Nested, target: Nested, reduction: Reduced = ...) -> Value: ...
+@overload
+def binary_cross_entropy_with_logits(input: Nested, target: Nested, reduction: Literal["none"]) -> list[Value]: ...
+@overload
+def binary_cross_entropy_with_logits(input: Nested, target: Nested, reduction: str = ...) -> Value | list[Value]: ...
+
+def binary_cross_entropy_with_logits(input: Nested, target: Nested,
+                                     reduction: str = "mean") -> Any:
+    """Binary cross-entropy from logits (raw scores): ``softplus(z) - t*z``, which equals
+    ``BCE(sigmoid(z), t)`` and is finite for any logit (``±1000`` included)."""
+    _check_reduction(reduction)
+    losses = []
+    for z, t in _pairs(input, target, "binary_cross_entropy_with_logits"):
+        z = _value(z)
+        losses.append(_softplus(z) - t * z)
+    return _reduce(losses, reduction)
+
+
+def _cross_entropy_one(logits: Sequence[Any], target: Any) -> Any:
+    """-log softmax(logits)[target] = log Σ exp(zᵢ - m) - (z_target - m), m = max(z): the
+    largest exponent is 0, so nothing overflows. m is a constant (its gradient cancels)."""
+    zs = [_value(z) for z in logits]
+    if not zs:
+        raise ValueError("cross_entropy: empty logits")
+    m = max(z.data for z in zs)
+    shifted = [z - m for z in zs]
+    log_sum: Value = sum(s.exp() for s in shifted).log()  # type: ignore[union-attr]
+    if _is_scalar(target) and not isinstance(target, Value):
+        k = int(target)
+        if k != target or not 0 <= k < len(zs):
+            raise ValueError(f"cross_entropy: target class {target!r} is not in 0..{len(zs) - 1}")
+        return log_sum - shifted[k]
+    if _is_scalar(target) or len(target) != len(zs):
+        raise ValueError("cross_entropy: a target is a class index or one probability per class")
+    # class probabilities: -Σ pᵢ log softmaxᵢ
+    return sum(p * (log_sum - s) for p, s in zip(target, shifted))
+
+
+
+@overload
+def cross_entropy(input: Sequence[Any], target: Any, reduction: Reduced = ...) -> Value: ...
+@overload
+def cross_entropy(input: Sequence[Any], target: Any, reduction: Literal["none"]) -> list[Value]: ...
+@overload
+def cross_entropy(input: Sequence[Any], target: Any, reduction: str = ...) -> Value | list[Value]: ...
+
+def cross_entropy(input: Sequence[Any], target: Any, reduction: str = "mean") -> Any:
+    """Softmax cross-entropy from logits, as ``torch.nn.functional.cross_entropy``.
+
+    ``input`` is one sample's logits (a list of Values) with ``target`` a class index, or a batch
+    (a list of such lists) with a list of class indices. A target may also be a list of class
+    probabilities. Computed max-subtracted (log-sum-exp), so any logits are safe."""
+    _check_reduction(reduction)
+    if len(input) == 0:
+        raise ValueError("cross_entropy: empty input")
+    if _is_scalar(input[0]):  # one sample
+        return _reduce([_cross_entropy_one(input, target)], reduction)
+    if _is_scalar(target) or len(target) != len(input):
+        raise ValueError(f"cross_entropy: {len(input)} samples need {len(input)} targets")
+    return _reduce([_cross_entropy_one(z, t) for z, t in zip(input, target)], reduction)
+
+
+# =========================================================================== the class forms
+
+class _Loss:
+    _fn: Any = None
+
+    def __init__(self, reduction: str = "mean", **kwargs: Any) -> None:
+        _check_reduction(reduction)
+        self.reduction = reduction
+        self.kwargs = kwargs
+
+    def __call__(self, input: Any, target: Any) -> Any:  # a Value, or a list with "none"
+        return type(self)._fn(input, target, reduction=self.reduction, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class MSELoss(_Loss):
+    """``mse_loss`` as an object."""
+    _fn = staticmethod(mse_loss)
+
+
+class L1Loss(_Loss):
+    """``l1_loss`` (mean absolute error) as an object."""
+    _fn = staticmethod(l1_loss)
+
+
+class HuberLoss(_Loss):
+    """``huber_loss`` as an object: ``HuberLoss(delta=1.0)``."""
+    _fn = staticmethod(huber_loss)
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
+        super().__init__(reduction, delta=delta)
+
+
+class HingeLoss(_Loss):
+    """``hinge_loss`` (SVM max-margin, labels ±1) as an object."""
+    _fn = staticmethod(hinge_loss)
+
+    def __init__(self, reduction: str = "mean", margin: float = 1) -> None:
+        super().__init__(reduction, margin=margin)
+
+
+class BCELoss(_Loss):
+    """``binary_cross_entropy`` (from probabilities) as an object."""
+    _fn = staticmethod(binary_cross_entropy)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """``binary_cross_entropy_with_logits`` as an object."""
+    _fn = staticmethod(binary_cross_entropy_with_logits)
+
+
+class CrossEntropyLoss(_Loss):
+    """``cross_entropy`` (softmax, from logits) as an object."""
+    _fn = staticmethod(cross_entropy)
