@@ -21,6 +21,18 @@ def engine_value_class(name: str) -> type:
         pytest.fail(f"the {name} engine cannot be imported: {exc}")
 
 
+def reachable(root: object) -> list:
+    """Every Value reachable from root through ``_prev`` (root first), without recursion."""
+    seen = {id(root): root}
+    stack = [root]
+    while stack:
+        for child in stack.pop()._prev:
+            if id(child) not in seen:
+                seen[id(child)] = child
+                stack.append(child)
+    return list(seen.values())
+
+
 @pytest.fixture(params=ENGINE_NAMES)
 def engine(request: pytest.FixtureRequest) -> str:
     """The name of the engine under test."""

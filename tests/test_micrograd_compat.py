@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import reachable
 from micrograd.engine import Value as MGValue
 
 GRAD_REL_TOL = 1e-12
@@ -62,14 +63,7 @@ def test_readme_example_matches_micrograd_forward_bits_and_gradients(Value: type
 
 def _graph(root: Any) -> list[tuple[str, int]]:
     """Every node reachable through ``_prev``: (op label, data bits), sorted."""
-    seen = {id(root): root}
-    stack = [root]
-    while stack:
-        for child in stack.pop()._prev:
-            if id(child) not in seen:
-                seen[id(child)] = child
-                stack.append(child)
-    return sorted((node._op, _bits(node.data)) for node in seen.values())
+    return sorted((node._op, _bits(node.data)) for node in reachable(root))
 
 
 def test_readme_graph_has_micrograds_nodes_labels_and_data(Value: type) -> None:

@@ -24,7 +24,7 @@ import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ENGINE_NAMES, engine_value_class
+from conftest import ENGINE_NAMES, engine_value_class, reachable
 
 Number = Union[int, float]
 
@@ -177,15 +177,6 @@ def same_number(x: Number, y: Number) -> bool:
     return _bits(x) == _bits(y)
 
 
-def reachable(root: Any) -> list[Any]:
-    seen = {id(root): root}
-    stack = [root]
-    while stack:
-        for child in stack.pop()._prev:
-            if id(child) not in seen:
-                seen[id(child)] = child
-                stack.append(child)
-    return list(seen.values())
 
 
 def _signature(node: Any) -> tuple[Any, ...]:
