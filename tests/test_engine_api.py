@@ -151,3 +151,28 @@ def test_children_are_the_inputs_in_order_each_once(Value):
     assert (a * a)._children == (a,)
     assert Value(3.0, (b, a, b), "op")._children == (b, a)
     assert set(c._children) == c._prev
+
+
+def test_op_and_name_must_be_strings_not_none(Value):
+    with pytest.raises(TypeError):
+        Value(1.0, (), None)
+    with pytest.raises(TypeError):
+        Value(1.0, (), "", None)
+
+
+def test_a_number_whose_index_fails_falls_back_to_float(Value):
+    class Odd:
+        def __index__(self):
+            raise TypeError("not an integer")
+
+        def __float__(self):
+            return 2.5
+
+    assert (Value(1.0) * Odd()).data == 2.5
+
+
+def test_pickled_leaves_keep_public_attributes_only(Value):
+    v = Value(1.0)
+    v.public, v._private = 1, 2
+    w = pickle.loads(pickle.dumps(v))
+    assert w.public == 1 and not hasattr(w, "_private")

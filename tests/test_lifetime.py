@@ -262,3 +262,59 @@ def test_init_cannot_reinitialise_a_live_value():
     with pytest.raises(TypeError, match="re-initialise"):
         v.__init__(5.0)
     assert w.data == 2.0 and v.data == 1.0
+
+
+# --- found in review: dying handles, subclasses, the fused kernel's checks ---------------------
+
+
+def test_a_weakref_callback_cannot_resurrect_a_dying_handle():
+    kept = []
+    a = compiled(1.0)
+    b = a * 2
+    ref = weakref.ref(a, lambda _: kept.extend(b._prev))  # asks the node for its handle again
+    del a
+    assert ref() is None
+    (fresh,) = [v for v in kept if v.data == 1.0]
+    c = b * 3
+    assert fresh.data == 1.0 and c.data == 6.0
+    del kept, fresh
+    assert c.data == 6.0 and b.data == 2.0
+    assert _engine._arena_check()
+
+
+def test_subclass_instances_stay_visible_to_the_cyclic_collector():
+    class Tagged(compiled):
+        pass
+
+    collect_all()
+    before = live_nodes()
+    v = Tagged(1.0)
+    v.me = v
+    ref = weakref.ref(v)
+    del v
+    collect_all()
+    assert ref() is None
+    assert live_nodes() == before
+
+
+def test_linear_rejects_an_uninitialised_bias_and_converts_inputs_once():
+    w = compiled(2.0)
+    with pytest.raises(TypeError, match="without Value.__init__"):
+        _engine.linear([w], [3.0], compiled.__new__(compiled))
+
+    class Flaky:  # a number whose second conversion fails
+        calls = 0
+
+        def __float__(self):
+            Flaky.calls += 1
+            if Flaky.calls > 1:
+                raise RuntimeError("converted twice")
+            return 3.0
+
+    collect_all()
+    before = live_nodes()
+    out = _engine.linear([w, w], [1.5, Flaky()], None)
+    assert out.data == 2.0 * 1.5 + 2.0 * 3.0 and Flaky.calls == 1
+    del out
+    assert live_nodes() == before
+    assert _engine._arena_check()

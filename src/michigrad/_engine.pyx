@@ -209,17 +209,22 @@ cdef inline Value alloc_handle():
 
 cdef void handle_dealloc(PyObject* o) noexcept:
     global handle_free_count
-    if o.ob_type != <PyTypeObject*>Value:
+    # Detach from the node first: a weakref callback may ask the node for its handle again, and
+    # must then get a new one, not this dying object.
+    cdef int32_t i = (<Value>o)._i
+    if i > 0:
+        (<Value>o)._i = 0
+        A.nodes[i].handle = NULL
+    if o.ob_type != <PyTypeObject*>Value:  # a subclass: Cython's dealloc (its __dealloc__ finds _i == 0)
         cython_value_dealloc(o)
+        if i > 0:
+            decref_node(i)
         return
     if PyObject_GC_IsTracked(<object>o):
         PyObject_GC_UnTrack(<void*>o)
     if (<PyObject**>(<char*>o + (<TypeSlots*>o.ob_type).tp_weaklistoffset))[0] != NULL:
         PyObject_ClearWeakRefs(o)
-    cdef int32_t i = (<Value>o)._i
     if i > 0:
-        (<Value>o)._i = 0
-        A.nodes[i].handle = NULL
         decref_node(i)
     if handle_free_count < HANDLE_FREELIST_SIZE:
         handle_freelist[handle_free_count] = o
@@ -310,7 +315,12 @@ cdef int as_number(object x, double* out, bint* is_int) except -1:
     if x is None or isinstance(x, (str, bytes, bytearray, complex, Value)):
         return 0
     if PyIndex_Check(x):  # bool, numpy integers
-        return int_as_number(operator.index(x), out, is_int)
+        try:
+            index = operator.index(x)
+        except TypeError:
+            pass
+        else:
+            return int_as_number(index, out, is_int)
     if hasattr(type(x), "__float__"):  # numpy.float32, Fraction, Decimal, ...
         try:
             out[0] = float(x)
@@ -898,15 +908,19 @@ def linear(weights, inputs, bias=None):
     cdef bint has_bias = bias is not None
     if len(xs) != n:
         raise ValueError(f"linear: {n} weights but {len(xs)} inputs")
-    if has_bias and not isinstance(bias, Value):
-        raise TypeError(f"linear: bias must be a Value or None, not {type(bias).__name__}")
-    for k in range(n):  # check everything before creating any node
+    if has_bias:
+        if not isinstance(bias, Value):
+            raise TypeError(f"linear: bias must be a Value or None, not {type(bias).__name__}")
+        index_of(<Value>bias)
+    for k in range(n):  # check and convert everything before creating any node
         if not isinstance(ws[k], Value):
             raise TypeError(f"linear: weights must be Values, not {type(ws[k]).__name__}")
         index_of(<Value>ws[k])
         if isinstance(xs[k], Value):
             index_of(<Value>xs[k])
-        elif not as_number(xs[k], &number, &number_int):
+        elif as_number(xs[k], &number, &number_int):
+            xs[k] = number_object(number, number_int)  # converted once: the next pass cannot fail
+        else:
             raise TypeError(f"linear: inputs must be Values or numbers, not {type(xs[k]).__name__}")
     if 2 * n + 1 > INT32_MAX:
         raise MemoryError("linear: too many inputs")
@@ -959,7 +973,7 @@ stores a single scalar value and its gradient"""
     # numpy scalars on the left (`np.float64(2) * v`) defer to our reflected operators
     __array_ufunc__ = None
 
-    def __init__(self, data, _children=(), str _op="", str name="", *, label=None):
+    def __init__(self, data, _children=(), str _op not None="", str name not None="", *, label=None):
         cdef double x
         cdef bint x_int
         if self._i > 0:
@@ -1005,7 +1019,8 @@ stores a single scalar value and its gradient"""
         self._i = i
         n.handle = <PyObject*>self
         n.refcnt += 1
-        PyObject_GC_UnTrack(<void*>self)  # see track_if_needed
+        if type(self) is Value:  # a subclass instance has a __dict__: the GC must see it
+            PyObject_GC_UnTrack(<void*>self)  # see track_if_needed
 
     def __dealloc__(self):
         cdef int32_t i = self._i
@@ -1274,6 +1289,7 @@ stores a single scalar value and its gradient"""
             raise TypeError("only leaf Values can be pickled (an operation's closure cannot be); "
                             "save the leaves' data instead")
         attrs = (<NodeExtra>n.extra).attrs if n.extra != NULL else None
+        attrs = {k: v for k, v in (attrs or {}).items() if not k.startswith("_")}
         return (_restore_leaf, (self.data, self.grad, self.name, self._op, attrs or None))
 
 
