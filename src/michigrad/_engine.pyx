@@ -981,11 +981,13 @@ stores a single scalar value and its gradient"""
         require_number(data, &x, &x_int, "Value data")
         name = _name_or_label(name, label)
         children = []
+        seen = set()  # of ids: each child once, in the order given (linear, not quadratic)
         for child in _children:
             if not isinstance(child, Value):
                 raise TypeError(f"Value children must be Values, not {type(child).__name__}")
             index_of(<Value>child)
-            if not any(child is seen for seen in children):
+            if id(child) not in seen:
+                seen.add(id(child))
                 children.append(child)
         cdef Py_ssize_t nkids = len(children), k
         cdef int32_t* many = NULL
@@ -1153,12 +1155,11 @@ stores a single scalar value and its gradient"""
         """The inputs in the order they were given, each once (`_prev` is the same as a set)."""
         cdef Node* n = &A.nodes[index_of(self)]
         cdef int32_t k, nkids = n.nkids
-        children = []
+        children = {}  # id -> handle: each child once, in order (the handles are kept alive here)
         for k in range(nkids):
             child = handle_of(kid(&A.nodes[self._i], k))
-            if not any(child is seen for seen in children):
-                children.append(child)
-        return tuple(children)
+            children.setdefault(id(child), child)
+        return tuple(children.values())
 
     @property
     def _backward(self):
