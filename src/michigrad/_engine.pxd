@@ -24,6 +24,13 @@ cdef enum Op:
     OP_PYTHON = 11   # Value(x, children, 'label'): local backward is a Python callable
     OP_LINEAR = 12   # 'linear': bias + sum(w[i] * x[i]) as one node (a neuron's pre-activation);
                      # children [bias,] w[0..n), x[0..n): an odd count means there is a bias
+    # Reserved for the array kernels (issue #5); every op needs a case in op_forward or
+    # node_forward (replay) and in builtin_local_backward, and the same op in _reference.py.
+    OP_SUM = 13      # 'sum': n children, summed left to right
+    OP_MAX = 14      # 'max': n children; the gradient goes to the first maximal child
+    OP_MIN = 15      # 'min': n children; the gradient goes to the first minimal child
+    OP_LEAKY_RELU = 16  # 'leaky_relu': x if x > 0 else slope * x, slope kept in aux
+    OP_ELU = 17      # 'elu': x if x > 0 else alpha * (exp(x) - 1), alpha kept in aux
 
 # What an op's forward reports where Python would raise (see raise_forward_error).
 cdef enum ForwardError:
@@ -95,3 +102,5 @@ cdef void incref_node(int32_t i) noexcept
 cdef void decref_node(int32_t i) noexcept
 cdef int run_backward(int32_t root) except -1
 cdef int apply_local_backward(int32_t i) except -1
+cdef int node_forward(Node* nodes, int32_t i) noexcept nogil
+cdef int raise_node_forward_error(Node* nodes, int32_t i, int error) except -1

@@ -523,6 +523,53 @@ cdef inline double linear_value(Node* nodes, int32_t* kids, int32_t nkids, bint*
     return acc
 
 
+cdef inline void node_operands(Node* nodes, Node* n, double* x, bint* xi, double* y,
+                               bint* yi) noexcept nogil:
+    """The operands op_forward takes for a two-child or unary node: the first child's data, and
+    the second child's data or the op constant (the exponent of '**c')."""
+    cdef Node* operand = &nodes[n.kids.pair[0]]
+    x[0] = operand.data
+    xi[0] = (operand.flags & F_DATA_INT) != 0
+    y[0] = n.aux
+    yi[0] = (n.flags & F_AUX_INT) != 0
+    if n.nkids == 2:
+        operand = &nodes[n.kids.pair[1]]
+        y[0] = operand.data
+        yi[0] = (operand.flags & F_DATA_INT) != 0
+
+
+cdef inline int node_forward(Node* nodes, int32_t i) noexcept nogil:
+    """Recompute node i's data and int flag from its children's current data: the forward pass
+    of a replayed graph, through the same op table as the Python operators, so the result is the
+    same bits as a fresh build. Leaves and Python-defined ops are left alone. Returns FWD_OK, or
+    the error Python would raise (see raise_node_forward_error), leaving the node unchanged."""
+    cdef Node* n = &nodes[i]
+    cdef uint16_t op = n.op
+    cdef double x, y, r
+    cdef bint xi, yi, ri
+    cdef int error
+    if op == OP_LEAF or op == OP_PYTHON:
+        return FWD_OK
+    if op == OP_LINEAR:
+        r = linear_value(nodes, n.kids.many if n.nkids > 2 else n.kids.pair, n.nkids, &ri)
+    else:
+        node_operands(nodes, n, &x, &xi, &y, &yi)
+        error = op_forward(op, x, xi, y, yi, &r, &ri)
+        if error:
+            return error
+    n.data = r
+    n.flags = (n.flags & ~F_DATA_INT) | (F_DATA_INT if ri else 0)
+    return FWD_OK
+
+
+cdef int raise_node_forward_error(Node* nodes, int32_t i, int error) except -1:
+    """Raise the Python error for node_forward's `error` at node i."""
+    cdef double x, y
+    cdef bint xi, yi
+    node_operands(nodes, &nodes[i], &x, &xi, &y, &yi)
+    return raise_forward_error(error, nodes[i].op, x, xi, y, yi)
+
+
 cdef inline void accumulate(Node* n, double contrib, bint contrib_int) noexcept nogil:
     """n.grad += contrib, keeping Python's int/float distinction."""
     if contrib_int and (n.flags & F_GRAD_INT):

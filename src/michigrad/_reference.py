@@ -168,6 +168,9 @@ class Value:
         self.name = _name_or_label(name, label)
         # internal variables used for autograd graph construction
         self._backward: Callable[[], None] = _no_backward
+        # An op's forward: recomputes data from the children's current data (graph replay).
+        # None for leaves and for Python-defined ops, whose forward is not known.
+        self._forward: Callable[[], Number] | None = None
         self._children = children
         self._op = _op  # the op that produced this node, for graphviz / debugging / etc
 
@@ -221,7 +224,11 @@ class Value:
         other = _as_value(other)
         if other is None:
             return NotImplemented
-        out = Value(_fit(self.data + other.data), (self, other), "+")
+        def _forward() -> Number:
+            return _fit(self.data + other.data)
+
+        out = Value(_forward(), (self, other), "+")
+        out._forward = _forward
 
         def _backward() -> None:
             self.grad += out.grad
@@ -234,7 +241,11 @@ class Value:
         other = _as_value(other)
         if other is None:
             return NotImplemented
-        out = Value(_fit(self.data * other.data), (self, other), "*")
+        def _forward() -> Number:
+            return _fit(self.data * other.data)
+
+        out = Value(_forward(), (self, other), "*")
+        out._forward = _forward
 
         def _backward() -> None:
             self.grad += other.data * out.grad
@@ -251,7 +262,11 @@ class Value:
         c = _number_or_none(other)
         if c is None:
             return NotImplemented
-        out = Value(_pow(self.data, c), (self,), f"**{c}")
+        def _forward() -> Number:
+            return _pow(self.data, c)
+
+        out = Value(_forward(), (self,), f"**{c}")
+        out._forward = _forward
 
         def _backward() -> None:
             self.grad += _pow_grad(self.data, c) * out.grad
@@ -261,7 +276,11 @@ class Value:
 
     def _pow_value(self, other: Value) -> Value:
         """self ** other with a gradient for the exponent too."""
-        out = Value(_pow(self.data, other.data), (self, other), "**")
+        def _forward() -> Number:
+            return _pow(self.data, other.data)
+
+        out = Value(_forward(), (self, other), "**")
+        out._forward = _forward
 
         def _backward() -> None:
             self.grad += _pow_grad(self.data, other.data) * out.grad
@@ -278,7 +297,11 @@ class Value:
 
     def exp(self) -> Value:
         """e ** self (OverflowError when too large for a float)."""
-        out = Value(_exp(self.data), (self,), "exp")
+        def _forward() -> Number:
+            return _exp(self.data)
+
+        out = Value(_forward(), (self,), "exp")
+        out._forward = _forward
 
         def _backward() -> None:
             self.grad += out.data * out.grad
@@ -288,7 +311,11 @@ class Value:
 
     def log(self) -> Value:
         """Natural logarithm (ValueError unless self.data > 0)."""
-        out = Value(_log(self.data), (self,), "log")
+        def _forward() -> Number:
+            return _log(self.data)
+
+        out = Value(_forward(), (self,), "log")
+        out._forward = _forward
 
         def _backward() -> None:
             self.grad += _reciprocal(self.data) * out.grad
@@ -298,7 +325,11 @@ class Value:
 
     def tanh(self) -> Value:
         """Hyperbolic tangent (math.tanh: stable for any input)."""
-        out = Value(math.tanh(self.data), (self,), "tanh")
+        def _forward() -> Number:
+            return math.tanh(self.data)
+
+        out = Value(_forward(), (self,), "tanh")
+        out._forward = _forward
 
         def _backward() -> None:
             t = out.data
@@ -309,7 +340,11 @@ class Value:
 
     def relu(self) -> Value:
         """max(0, self), micrograd's: the int 0 below zero."""
-        out = Value(0 if self.data < 0 else self.data, (self,), "ReLU")
+        def _forward() -> Number:
+            return 0 if self.data < 0 else self.data
+
+        out = Value(_forward(), (self,), "ReLU")
+        out._forward = _forward
 
         def _backward() -> None:
             self.grad += (out.data > 0) * out.grad
@@ -319,7 +354,11 @@ class Value:
 
     def sigmoid(self) -> Value:
         """1 / (1 + e ** -self), computed without overflow."""
-        out = Value(_sigmoid(self.data), (self,), "sigmoid")
+        def _forward() -> Number:
+            return _sigmoid(self.data)
+
+        out = Value(_forward(), (self,), "sigmoid")
+        out._forward = _forward
 
         def _backward() -> None:
             s = out.data
@@ -330,7 +369,11 @@ class Value:
 
     def abs(self) -> Value:
         """|self|; its gradient is sign(self), 0 at 0."""
-        out = Value(abs(self.data), (self,), "abs")
+        def _forward() -> Number:
+            return abs(self.data)
+
+        out = Value(_forward(), (self,), "abs")
+        out._forward = _forward
 
         def _backward() -> None:
             x = self.data
@@ -442,10 +485,15 @@ def linear(weights: Iterable[Value], inputs: Iterable[Any], bias: Value | None =
         if not isinstance(x, Value) and _number_or_none(x) is None:
             raise TypeError(f"linear: inputs must be Values or numbers, not {type(x).__name__}")
     xs = [_as_value(x) for x in xs]
-    acc: Number = 0 if bias is None else bias.data
-    for w, x in zip(ws, xs):
-        acc = _fit(acc + _fit(w.data * x.data))
-    out = Value(acc, ([] if bias is None else [bias]) + ws + xs, "linear")
+
+    def _forward() -> Number:
+        acc: Number = 0 if bias is None else bias.data
+        for w, x in zip(ws, xs):
+            acc = _fit(acc + _fit(w.data * x.data))
+        return acc
+
+    out = Value(_forward(), ([] if bias is None else [bias]) + ws + xs, "linear")
+    out._forward = _forward
 
     def _backward() -> None:
         if bias is not None:
