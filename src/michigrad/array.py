@@ -56,7 +56,7 @@ from .engine import ENGINE
 __all__ = [
     "MLArray", "MLArrayBase", "array_class", "zeros", "ones", "randn", "xavier_uniform",
     "xavier_normal", "he_normal", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "softmax",
-    "log_softmax",
+    "log_softmax", "dense",
 ]
 
 Number = Union[int, float]
@@ -781,6 +781,41 @@ def _matmul(a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
                                     None, None)
     shape = batch + ((n,) if a.ndim > 1 else ()) + ((m,) if b.ndim > 1 else ())
     return type(a)._new(store, shape)
+
+
+def dense(x: Any, weight: MLArrayBase, bias: Optional[MLArrayBase] = None) -> MLArrayBase:
+    """A fully connected layer: ``out[..., j] = bias[j] + weight[j, 0]*x[..., 0] + ...``, with
+    x of shape (..., nin), weight (nout, nin), bias (nout,) or None; the result has shape
+    (..., nout). Each output element is one 'linear' node with children ``[bias[j],] weight[j],
+    x[i]`` -- exactly the node ``michigrad.linear(weight[j], x[i], bias[j])`` (a micrograd
+    Neuron's) makes, so the values are micrograd's to the last bit."""
+    if not isinstance(weight, MLArrayBase):
+        raise TypeError(f"dense: weight must be an MLArray, not {type(weight).__name__}")
+    x = _array(x, type(weight))
+    weight._check_engine(x)
+    weight._check_engine(bias)
+    if weight.ndim != 2:
+        raise ValueError(f"dense: weight must be 2-D (nout, nin), not of shape {weight.shape}")
+    nout, nin = weight.shape
+    if x.ndim == 0 or x.shape[-1] != nin:
+        raise ValueError(f"dense: input of shape {x.shape} does not end in the {nin} features "
+                         f"of a weight of shape {weight.shape}")
+    if bias is not None and (not isinstance(bias, MLArrayBase) or bias.shape != (nout,)):
+        what = bias.shape if isinstance(bias, MLArrayBase) else type(bias).__name__
+        raise ValueError(f"dense: bias must be an MLArray of shape ({nout},), not {what}")
+    batch = x.shape[:-1]
+    n = int(np.prod(batch, dtype=np.int64))
+    full = (n, nout, nin)
+    w_pos = np.broadcast_to(weight._index[None, :, :], full).reshape((n * nout, nin))
+    x_pos = np.broadcast_to(x._index.reshape((n, nin))[:, None, :], full).reshape((n * nout, nin))
+    b_store, b_pos = None, None
+    if bias is not None:
+        b_store = bias._store
+        b_pos = _positions(np.broadcast_to(bias._index[None, :], (n, nout)))
+    store = weight._kernels.array_linear(
+        weight._store, np.ascontiguousarray(w_pos, dtype=np.int64),
+        x._store, np.ascontiguousarray(x_pos, dtype=np.int64), b_store, b_pos)
+    return type(weight)._new(store, batch + (nout,))
 
 
 # ==================================================================== one class per engine
