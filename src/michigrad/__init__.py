@@ -4,7 +4,8 @@
 pure-Python one (``MICHIGRAD_PURE=1`` forces the latter); ``michigrad.ENGINE`` says which.
 ``michigrad.nn`` (micrograd's MLP and the course's layers), ``optim``, ``losses`` and
 ``datasets`` build on it; ``michigrad.visualize`` draws graphs (imported on demand: it needs the
-optional ``viz`` extra).
+optional ``viz`` extra). ``michigrad.MLArray`` (N-dimensional arrays of Values, ``michigrad.array``)
+is imported on first use: it needs numpy (the optional ``array`` extra).
 """
 
 from __future__ import annotations
@@ -15,3 +16,22 @@ from .engine import ENGINE, Value, linear
 __version__ = "0.1.0"
 
 __all__ = ["ENGINE", "Value", "__version__", "datasets", "linear", "losses", "nn", "optim"]
+
+# Names served lazily from michigrad.array, so that `import michigrad` does not import numpy.
+_ARRAY_NAMES = frozenset({"MLArray", "MLArrayBase", "array_class"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _ARRAY_NAMES:
+        try:
+            from . import array
+        except ModuleNotFoundError as exc:
+            if exc.name != "numpy":
+                raise
+            raise ImportError(f"michigrad.{name} needs numpy: pip install michigrad[array]") from exc
+        return getattr(array, name)
+    raise AttributeError(f"module 'michigrad' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _ARRAY_NAMES)

@@ -1,0 +1,376 @@
+"""The array kernels in plain Python: the executable specification of the compiled ones.
+
+``michigrad.array.MLArray`` keeps its elements as engine nodes in a *store* (one reference per
+slot) and does all index arithmetic (views, broadcasting, transposes) in numpy; each array
+operation then asks a kernel module to make one node per position. The compiled core
+(``_engine``, ``_arrays.pxi``) does that in one C loop over arena slots; this module does it with
+the reference engine's ``Value`` objects, one at a time, in the same order, through the same
+operators. The two must agree bit for bit (values, int/float kinds, gradients, graph shape and
+labels): the test suite checks the compiled kernels against these.
+
+Kernels never see shapes. They take C-contiguous int64 numpy arrays of slot numbers
+("positions"), 1-D ``(n,)`` or 2-D ``(n, k)``, and validate them (TypeError for wrong types,
+ValueError for wrong lengths, IndexError for slots out of range) before making any node.
+
+Besides the scalar ops of ``_reference.Value``, the arrays need five ops of their own, built
+below the micrograd way (value, children, local derivative side by side) with a ``_forward`` for
+graph replay:
+
+* ``sum``: the left fold ``c0 + c1 + ...`` with ``'+'`` semantics; every child gets ``out.grad``.
+* ``max`` / ``min``: the data of the first maximal (minimal) child, or of the first NaN (NumPy
+  propagates NaN); the gradient goes to that one child.
+* ``leaky_relu`` (``x if x > 0 else slope * x``) and ``elu`` (``x if x > 0 else
+  alpha * expm1(x)``).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Any, Optional
+
+import numpy as np
+
+from ._reference import Number, Value, _as_number, _fit, linear
+
+__all__ = [
+    "NodeStore", "array_from_numbers", "array_from_values", "array_value", "array_values",
+    "array_numbers", "array_data", "array_grad", "array_set_data", "array_zero_grad",
+    "array_assign", "array_unary", "array_binary", "array_linear", "array_reduce",
+    "array_backward",
+]
+
+_EXACT_INT_LIMIT = 2**53
+
+
+class NodeStore:
+    """The slots of an array: one reference to a reference-engine Value per slot."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list[Value]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        return f"<reference NodeStore of {len(self.values)} slots>"
+
+
+# ================================================================================ validation
+
+def _store(store: Any, what: str = "store") -> NodeStore:
+    if not isinstance(store, NodeStore):
+        raise TypeError(f"{what} must be a reference NodeStore, not {type(store).__name__}")
+    return store
+
+
+def _array(arr: Any, dtype: type, ndim: int, what: str) -> np.ndarray:
+    """arr checked to be a C-contiguous numpy array of this dtype and rank."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, not {type(arr).__name__}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{what} must have dtype {np.dtype(dtype).name}, not {arr.dtype.name}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{what} must be {ndim}-D, not {arr.ndim}-D")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{what} must be C-contiguous")
+    return arr
+
+
+def _positions(store: NodeStore, pos: Any, ndim: int = 1, what: str = "pos") -> np.ndarray:
+    """pos checked: int64, the given rank, every slot number in range for store."""
+    pos = _array(pos, np.int64, ndim, what)
+    if pos.size:
+        lo, hi = int(pos.min()), int(pos.max())
+        if lo < 0 or hi >= len(store.values):
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"{what}: slot {bad} is out of range for a store of "
+                             f"{len(store.values)} slots")
+    return pos
+
+
+def _slot(store: NodeStore, slot: Any) -> int:
+    k = operator.index(slot)
+    if not 0 <= k < len(store.values):
+        raise IndexError(f"slot {k} is out of range for a store of {len(store.values)} slots")
+    return k
+
+
+def _same_length(n: int, m: int, what: str) -> None:
+    if n != m:
+        raise ValueError(f"{what}: lengths differ ({n} and {m})")
+
+
+# ============================================================================ making arrays
+
+def _leaf_number(x: float, is_int: bool) -> Number:
+    """The number a leaf holds: an int where is_int marks an integral value a double holds
+    exactly (Value's rule for ints), else the float."""
+    if is_int and x.is_integer() and -_EXACT_INT_LIMIT < x < _EXACT_INT_LIMIT:
+        return int(x)
+    return x
+
+
+def array_from_numbers(data: Any, is_int: Any = None) -> NodeStore:
+    """One new leaf per number of ``data`` (float64, 1-D); ``is_int[k]`` (bool, 1-D) makes leaf k
+    hold a Python int, as ``Value(1)`` does."""
+    data = _array(data, np.float64, 1, "data")
+    if is_int is None:
+        return NodeStore([Value(x) for x in data.tolist()])
+    is_int = _array(is_int, np.bool_, 1, "is_int")
+    if len(is_int) != len(data):
+        raise ValueError(f"is_int has {len(is_int)} entries but data has {len(data)}")
+    return NodeStore([Value(_leaf_number(x, i)) for x, i in zip(data.tolist(), is_int.tolist())])
+
+
+def array_from_values(values: Any) -> NodeStore:
+    """A store referencing the given Values' nodes (no new node)."""
+    values = list(values)
+    for v in values:
+        if not isinstance(v, Value):
+            raise TypeError(f"array_from_values takes reference-engine Values, not "
+                            f"{type(v).__module__}.{type(v).__name__}")
+    return NodeStore(values)
+
+
+# ================================================================================= reading
+
+def array_value(store: Any, slot: Any) -> Value:
+    """The Value in that slot."""
+    store = _store(store)
+    return store.values[_slot(store, slot)]
+
+
+def array_values(store: Any, pos: Any) -> list[Value]:
+    """The Values at these positions."""
+    store = _store(store)
+    values = store.values
+    return [values[k] for k in _positions(store, pos).tolist()]
+
+
+def array_numbers(store: Any, pos: Any) -> list[Number]:
+    """The data at these positions, as Python numbers (ints stay ints)."""
+    return [v.data for v in array_values(store, pos)]
+
+
+def array_data(store: Any, pos: Any) -> np.ndarray:
+    """The data at these positions, as float64."""
+    return np.array([float(v.data) for v in array_values(store, pos)], dtype=np.float64)
+
+
+def array_grad(store: Any, pos: Any) -> np.ndarray:
+    """The gradients at these positions, as float64."""
+    return np.array([float(v.grad) for v in array_values(store, pos)], dtype=np.float64)
+
+
+# ================================================================================= writing
+
+def array_set_data(store: Any, pos: Any, values: Any) -> None:
+    """Node data = these (float) values."""
+    targets = array_values(store, pos)
+    values = _array(values, np.float64, 1, "values")
+    _same_length(len(targets), len(values), "array_set_data")
+    for v, x in zip(targets, values.tolist()):
+        v.data = x
+
+
+def array_zero_grad(store: Any, pos: Any) -> None:
+    """Gradients become the int 0 (micrograd's zero_grad)."""
+    for v in array_values(store, pos):
+        v.grad = 0
+
+
+def array_assign(store: Any, pos: Any, src: Any, src_pos: Any) -> None:
+    """Slot pos[k] of store now references the node in slot src_pos[k] of src. Every source is
+    read before anything is written, so src may be store itself."""
+    store = _store(store)
+    targets = _positions(store, pos).tolist()
+    sources = array_values(_store(src, "src"), src_pos)
+    _same_length(len(targets), len(sources), "array_assign")
+    for k, v in zip(targets, sources):
+        store.values[k] = v
+
+
+# ================================================================================ the new ops
+
+def _reduction(children: list[Value], label: str, forward: Callable[[], Number],
+               backward: Callable[[Value], None]) -> Value:
+    out = Value(forward(), children, label)
+    out._forward = forward
+    out._backward = lambda: backward(out)
+    return out
+
+
+def _sum(children: list[Value]) -> Value:
+    """c0 + c1 + ... left to right, each '+' Value's (int while every term is an int and the sum
+    fits); backward: every child (duplicates counted each time) gets out.grad."""
+    def _forward() -> Number:
+        acc = children[0].data
+        for c in children[1:]:
+            acc = _fit(acc + c.data)
+        return acc
+
+    def _backward(out: Value) -> None:
+        for c in children:
+            c.grad += out.grad
+
+    return _reduction(children, "sum", _forward, _backward)
+
+
+def _chosen(children: list[Value], better: Callable[[Any, Any], bool]) -> int:
+    """The index of the first best child, or of the first NaN (NaN wins, as in NumPy)."""
+    best = 0
+    for k, c in enumerate(children):
+        d = c.data
+        if d != d:
+            return k
+        if better(d, children[best].data):
+            best = k
+    return best
+
+
+def _extreme(children: list[Value], label: str, better: Callable[[Any, Any], bool]) -> Value:
+    """The data of the first maximal (minimal) child, keeping its int/float kind; backward: that
+    child, found again from the current data (the first one equal to out.data, or the first NaN
+    when out.data is NaN), gets out.grad."""
+    def _forward() -> Number:
+        return children[_chosen(children, better)].data
+
+    def _backward(out: Value) -> None:
+        d = out.data
+        for c in children:
+            if c.data == d or (d != d and c.data != c.data):
+                c.grad += out.grad
+                return
+
+    return _reduction(children, label, _forward, _backward)
+
+
+def _leaky_relu(x: Value, slope: Number) -> Value:
+    """x if x > 0 else slope * x ('*' semantics: an int only when x and slope are ints);
+    backward: (1 if x > 0 else slope) * out.grad."""
+    def _forward() -> Number:
+        return x.data if x.data > 0 else _fit(slope * x.data)
+
+    out = Value(_forward(), (x,), "leaky_relu")
+    out._forward = _forward
+
+    def _backward() -> None:
+        x.grad += (1 if x.data > 0 else slope) * out.grad
+
+    out._backward = _backward
+    return out
+
+
+def _elu(x: Value, alpha: Number) -> Value:
+    """x if x > 0 else alpha * expm1(x) (a float); backward: out.grad where x > 0, else
+    (alpha * exp(x)) * out.grad."""
+    def _forward() -> Number:
+        return x.data if x.data > 0 else alpha * math.expm1(x.data)
+
+    out = Value(_forward(), (x,), "elu")
+    out._forward = _forward
+
+    def _backward() -> None:
+        if x.data > 0:
+            x.grad += out.grad
+        else:
+            x.grad += (alpha * math.exp(x.data)) * out.grad
+
+    out._backward = _backward
+    return out
+
+
+# ====================================================================== one node per position
+
+_UNARY: dict[str, Callable[[Value, Number], Value]] = {
+    "exp": lambda v, c: v.exp(),
+    "log": lambda v, c: v.log(),
+    "tanh": lambda v, c: v.tanh(),
+    "relu": lambda v, c: v.relu(),
+    "sigmoid": lambda v, c: v.sigmoid(),
+    "abs": lambda v, c: v.abs(),
+    "powc": lambda v, c: v**c,
+    "leaky_relu": _leaky_relu,
+    "elu": _elu,
+}
+
+_BINARY: dict[str, Callable[[Value, Value], Value]] = {
+    "add": operator.add,
+    "mul": operator.mul,
+    "pow": operator.pow,  # Value ** Value: label '**'
+}
+
+_REDUCE: dict[str, Callable[[list[Value]], Value]] = {
+    "sum": _sum,
+    "max": lambda cs: _extreme(cs, "max", operator.gt),
+    "min": lambda cs: _extreme(cs, "min", operator.lt),
+}
+
+
+def _op(table: dict[str, Any], op: Any, kind: str) -> Any:
+    if not isinstance(op, str):
+        raise TypeError(f"{kind} op must be a str, not {type(op).__name__}")
+    try:
+        return table[op]
+    except KeyError:
+        raise ValueError(f"unknown {kind} op {op!r} (expected one of {sorted(table)})") from None
+
+
+def array_unary(op: str, store: Any, pos: Any, c: Any = 0.0) -> NodeStore:
+    """One new node per position, in order: exp, log, tanh, relu, sigmoid, abs, powc (x ** c),
+    leaky_relu (slope c), elu (alpha c). A forward error is Value's own."""
+    fn = _op(_UNARY, op, "unary")
+    c = _as_number(c, "the op constant")
+    return NodeStore([fn(v, c) for v in array_values(store, pos)])
+
+
+def array_binary(op: str, a: Any, a_pos: Any, b: Any, b_pos: Any) -> NodeStore:
+    """One new node per position pair: add ('+'), mul ('*') or pow (Value ** Value, '**')."""
+    fn = _op(_BINARY, op, "binary")
+    xs = array_values(_store(a, "a"), a_pos)
+    ys = array_values(_store(b, "b"), b_pos)
+    _same_length(len(xs), len(ys), "array_binary")
+    return NodeStore([fn(x, y) for x, y in zip(xs, ys)])
+
+
+def array_linear(w: Any, w_pos: Any, x: Any, x_pos: Any, bias: Any = None,
+                 b_pos: Any = None) -> NodeStore:
+    """n nodes, node i being ``linear(w[w_pos[i]], x[x_pos[i]], bias[b_pos[i]])``: the fused
+    neuron (label 'linear'), bit-identical to micrograd's left-to-right sum."""
+    w, x = _store(w, "w"), _store(x, "x")
+    wp = _positions(w, w_pos, 2, "w_pos")
+    xp = _positions(x, x_pos, 2, "x_pos")
+    if wp.shape != xp.shape:
+        raise ValueError(f"array_linear: w_pos has shape {wp.shape} but x_pos {xp.shape}")
+    n = wp.shape[0]
+    if (bias is None) != (b_pos is None):
+        raise ValueError("array_linear: give both bias and b_pos, or neither")
+    biases: list[Optional[Value]] = [None] * n
+    if bias is not None:
+        bias = _store(bias, "bias")
+        bp = _positions(bias, b_pos, 1, "b_pos")
+        _same_length(n, len(bp), "array_linear: b_pos")
+        biases = [bias.values[k] for k in bp.tolist()]
+    wv, xv = w.values, x.values
+    return NodeStore([linear([wv[k] for k in wrow], [xv[k] for k in xrow], b)
+                      for wrow, xrow, b in zip(wp.tolist(), xp.tolist(), biases)])
+
+
+def array_reduce(op: str, store: Any, pos: Any) -> NodeStore:
+    """n nodes, node i reducing the k >= 1 positions pos[i]: sum, max or min."""
+    fn = _op(_REDUCE, op, "reduce")
+    store = _store(store)
+    p = _positions(store, pos, 2)
+    if p.shape[1] == 0:
+        raise ValueError(f"array_reduce: {op} over no elements")
+    values = store.values
+    return NodeStore([fn([values[k] for k in row]) for row in p.tolist()])
+
+
+def array_backward(store: Any, slot: Any) -> None:
+    """Value.backward() from the node in that slot."""
+    array_value(store, slot).backward()
