@@ -48,7 +48,8 @@ cdef enum Flag:
     F_PY_BACKWARD = 8 # extra.backward overrides the op table's local backward
     F_LABEL = 16      # extra.label overrides the op table's label
 
-# More than two children (Python ops only) live in a malloc'd array owned by the node.
+# More than two children (Python ops, 'linear', 'sum', 'max', 'min') live in a malloc'd array
+# owned by the node.
 cdef union Kids:
     int32_t pair[2]
     int32_t* many
@@ -93,6 +94,15 @@ cdef class Value:
     # Never set: an object field makes Cython build the type with GC support, which the handle
     # needs to report what its node holds for Python (the generated traverse/clear are replaced).
     cdef object _gc_support
+
+
+# An array's storage (issue #5, the kernels in _arrays.pxi): one reference per slot to an
+# engine node, held as its arena index; no Python object per element.
+cdef class NodeStore:
+    cdef int32_t* slots   # malloc'd, n entries, each a node this store holds one reference to
+    cdef Py_ssize_t n
+    cdef PyObject* prev   # the live stores form a list (borrowed links), for _arena_check
+    cdef PyObject* next
 
 
 cdef Value handle_of(int32_t i)

@@ -23,7 +23,7 @@ from cpython.long cimport PyLong_AsDouble, PyLong_AsLongLongAndOverflow, PyLong_
 from cpython.number cimport PyIndex_Check
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.math cimport copysign, exp, fabs, floor, fmod, isfinite, isinf, isnan, log, pow, tanh, INFINITY, NAN
+from libc.math cimport copysign, exp, expm1, fabs, floor, fmod, isfinite, isinf, isnan, log, pow, tanh, INFINITY, NAN
 from libc.stdint cimport INT32_MAX, int32_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
@@ -472,6 +472,18 @@ cdef inline int op_forward(uint16_t op, double x, bint xi, double y, bint yi,
     elif op == OP_ABS:
         v = fabs(x)
         ri[0] = xi
+    elif op == OP_LEAKY_RELU:  # x if x > 0 else slope * x, slope = y ('*' keeps ints)
+        if x > 0.0:
+            v = x
+            ri[0] = xi
+        else:
+            v = sum_or_product(True, y, yi, x, xi, ri)
+    elif op == OP_ELU:  # x if x > 0 else alpha * expm1(x), alpha = y (a float)
+        if x > 0.0:
+            v = x
+            ri[0] = xi
+        else:
+            v = y * expm1(x)
     else:
         v = NAN
     r[0] = v + 0.0 if ri[0] else v  # an int has no negative zero
@@ -523,6 +535,57 @@ cdef inline double linear_value(Node* nodes, int32_t* kids, int32_t nkids, bint*
     return acc
 
 
+cdef inline int32_t extreme_child(Node* nodes, bint minimum, int32_t* kids, int32_t nkids) noexcept nogil:
+    """'max'/'min' forward: the position of the first maximal (minimal) child, or of the first
+    NaN (NumPy propagates NaN). nkids >= 1."""
+    cdef int32_t best = 0, k
+    cdef double top = nodes[kids[0]].data, v
+    if isnan(top):
+        return 0
+    for k in range(1, nkids):
+        v = nodes[kids[k]].data
+        if isnan(v):
+            return k
+        if (v < top) if minimum else (v > top):
+            best = k
+            top = v
+    return best
+
+
+cdef inline double reduce_value(Node* nodes, uint16_t op, int32_t* kids, int32_t nkids,
+                                bint* ri) noexcept nogil:
+    """'sum': c0 + c1 + ... left to right with '+' semantics (int while all are ints and it
+    fits); 'max'/'min': the data and int flag of the chosen child (extreme_child). nkids >= 1."""
+    cdef Node* c = &nodes[kids[0]]
+    cdef double acc
+    cdef bint acc_int
+    cdef int32_t k
+    if op == OP_SUM:
+        acc = c.data
+        acc_int = (c.flags & F_DATA_INT) != 0
+        for k in range(1, nkids):
+            c = &nodes[kids[k]]
+            acc = sum_or_product(False, acc, acc_int, c.data, (c.flags & F_DATA_INT) != 0, &acc_int)
+        ri[0] = acc_int
+        return acc
+    c = &nodes[kids[extreme_child(nodes, op == OP_MIN, kids, nkids)]]
+    ri[0] = (c.flags & F_DATA_INT) != 0
+    return c.data
+
+
+cdef inline Node* chosen_child(Node* nodes, Node* out) noexcept nogil:
+    """'max'/'min' backward: the first child whose data equals out.data (the first NaN when it
+    is NaN), from the children's current data; NULL if none does any more."""
+    cdef int32_t k
+    cdef Node* c
+    cdef bint want_nan = isnan(out.data)
+    for k in range(out.nkids):
+        c = &nodes[kid(out, k)]
+        if (isnan(c.data) if want_nan else c.data == out.data):
+            return c
+    return NULL
+
+
 cdef inline void node_operands(Node* nodes, Node* n, double* x, bint* xi, double* y,
                                bint* yi) noexcept nogil:
     """The operands op_forward takes for a two-child or unary node: the first child's data, and
@@ -552,6 +615,8 @@ cdef inline int node_forward(Node* nodes, int32_t i) noexcept nogil:
         return FWD_OK
     if op == OP_LINEAR:
         r = linear_value(nodes, n.kids.many if n.nkids > 2 else n.kids.pair, n.nkids, &ri)
+    elif op == OP_SUM or op == OP_MAX or op == OP_MIN:
+        r = reduce_value(nodes, op, n.kids.many if n.nkids > 2 else n.kids.pair, n.nkids, &ri)
     else:
         node_operands(nodes, n, &x, &xi, &y, &yi)
         error = op_forward(op, x, xi, y, yi, &r, &ri)
@@ -593,13 +658,23 @@ cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
     cdef Node* b
     cdef double x, c, contrib
     cdef bint xi, ci
+    cdef int32_t k
     cdef uint16_t op = out.op
     if op == OP_LEAF or op == OP_PYTHON:
         return
     if op == OP_LINEAR:
         linear_local_backward(nodes, out, g, gi)
         return
-    a = &nodes[out.kids.pair[0]]
+    if op == OP_SUM:  # every child, duplicates each time, as '+' does
+        for k in range(out.nkids):
+            accumulate(&nodes[kid(out, k)], g, gi)
+        return
+    if op == OP_MAX or op == OP_MIN:  # only the chosen child
+        a = chosen_child(nodes, out)
+        if a != NULL:
+            accumulate(a, g, gi)
+        return
+    a = &nodes[out.kids.pair[0]]  # the ops below have one or two children
     if op == OP_ADD:
         b = &nodes[out.kids.pair[1]]
         accumulate(a, g, gi)
@@ -643,6 +718,18 @@ cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
     elif op == OP_ABS:
         x = a.data
         accumulate(a, <double>((x > 0.0) - (x < 0.0)) * g, gi)
+    elif op == OP_LEAKY_RELU:  # (1 if x > 0 else slope) * g
+        if a.data > 0.0:
+            accumulate(a, g, gi)
+        else:
+            contrib = out.aux * g
+            accumulate(a, contrib, gi and (out.flags & F_AUX_INT) and fits_int(contrib))
+    elif op == OP_ELU:  # g if x > 0 else (alpha * exp(x)) * g
+        x = a.data
+        if x > 0.0:
+            accumulate(a, g, gi)
+        else:
+            accumulate(a, (out.aux * exp(x)) * g, False)
 
 
 cdef inline void linear_local_backward(Node* nodes, Node* out, double g, bint gi) noexcept nogil:
@@ -938,7 +1025,8 @@ cdef object negated(object x):
 cdef object OP_LABELS = {
     OP_LEAF: "", OP_ADD: "+", OP_MUL: "*", OP_POW: "**", OP_EXP: "exp", OP_LOG: "log",
     OP_TANH: "tanh", OP_RELU: "ReLU", OP_SIGMOID: "sigmoid", OP_ABS: "abs", OP_PYTHON: "",
-    OP_LINEAR: "linear",
+    OP_LINEAR: "linear", OP_SUM: "sum", OP_MAX: "max", OP_MIN: "min",
+    OP_LEAKY_RELU: "leaky_relu", OP_ELU: "elu",
 }
 
 
@@ -1412,7 +1500,7 @@ def _arena_check():
     raise AssertionError naming the first one broken. O(capacity): tests only."""
     cdef Py_ssize_t free_count = 0, k, j
     cdef int32_t i = A.free_head
-    counts = {}
+    counts = store_references()  # the array kernels' NodeStores (_arrays.pxi)
     while i >= 0:
         free_count += 1
         if free_count > A.capacity:
@@ -1434,3 +1522,6 @@ def _arena_check():
         if A.nodes[k].refcnt != counts.get(k, 0) and A.nodes[k].refcnt > 0:
             raise AssertionError(f"node {k} counts {A.nodes[k].refcnt} references, has {counts.get(k, 0)}")
     return True
+
+
+include "_arrays.pxi"

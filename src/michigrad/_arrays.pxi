@@ -1,0 +1,577 @@
+# The array kernels of issue #5 (`michigrad.MLArray`), included at the end of _engine.pyx.
+#
+# An array is a NodeStore (one node reference per slot, an arena index: no Python object per
+# element) and a numpy index of slot numbers that the Python layer owns. Each kernel takes
+# C-contiguous int64 "positions" (1-D (n,) or 2-D (n, k)) into one or two stores and runs one
+# loop over arena slots through the op table (op_forward, linear_value, reduce_value), so every
+# element is the very node the scalar operator would make, with the same bits. Every argument is
+# checked, and every forward error found, before the first node is created: a kernel either
+# builds all its nodes or none.
+
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_STRIDES, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from libc.stdint cimport int64_t, uint64_t
+
+cdef object _numpy = None
+
+
+cdef object numpy_module():
+    """numpy, imported on first use (the scalar engine does not need it)."""
+    global _numpy
+    if _numpy is None:
+        import numpy
+        _numpy = numpy
+    return _numpy
+
+
+@cython.final
+cdef class NodeStore:
+    """The nodes of one or more MLArrays: one reference per slot (opaque to the layer)."""
+
+    def __cinit__(self):
+        global live_stores
+        self.slots = NULL
+        self.n = 0
+        self.prev = NULL
+        self.next = live_stores
+        if live_stores != NULL:
+            (<NodeStore>live_stores).prev = <PyObject*>self
+        live_stores = <PyObject*>self
+
+    def __dealloc__(self):
+        global live_stores
+        cdef Py_ssize_t k
+        if self.prev != NULL:
+            (<NodeStore>self.prev).next = self.next
+        else:
+            live_stores = self.next
+        if self.next != NULL:
+            (<NodeStore>self.next).prev = self.prev
+        for k in range(self.n):
+            decref_node(self.slots[k])
+        free(self.slots)
+
+    def __len__(self):
+        return self.n
+
+    def __repr__(self):
+        return f"<michigrad NodeStore of {self.n} nodes>"
+
+
+cdef PyObject* live_stores = NULL  # head of the list of live NodeStores
+
+
+cdef dict store_references():
+    """{node: references held by live NodeStores}, for _arena_check."""
+    cdef dict counts = {}
+    cdef PyObject* s = live_stores
+    cdef Py_ssize_t k
+    while s != NULL:
+        for k in range((<NodeStore>s).n):
+            node = (<NodeStore>s).slots[k]
+            counts[node] = counts.get(node, 0) + 1
+        s = (<NodeStore>s).next
+    return counts
+
+
+cdef NodeStore new_store(Py_ssize_t n):
+    """An empty store with room for n slots (its n stays 0 until the caller fills them)."""
+    cdef NodeStore store = NodeStore.__new__(NodeStore)
+    if n > INT32_MAX:
+        raise MemoryError(f"michigrad: {n} nodes do not fit the node arena")
+    store.slots = <int32_t*>malloc(<size_t>(n if n > 0 else 1) * sizeof(int32_t))
+    if store.slots == NULL:
+        raise MemoryError(f"michigrad: cannot allocate a store of {n} nodes")
+    return store
+
+
+# ============================================================================ array arguments
+
+cdef enum ArgKind:
+    ARG_INT64 = 0
+    ARG_FLOAT64 = 1
+    ARG_BOOL = 2
+
+
+@cython.final
+cdef class _ArrayArg:
+    """A C-contiguous numpy array passed to a kernel, held through the buffer protocol."""
+    cdef Py_buffer view
+    cdef bint held
+    cdef Py_ssize_t n   # rows (the length of a 1-D array)
+    cdef Py_ssize_t k   # columns of a 2-D array (1 for a 1-D array)
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+
+
+cdef inline bint format_is(const char* fmt, const char* codes) noexcept:
+    """fmt is one of the one-letter struct codes in `codes`, optionally with a native or
+    little-endian prefix ('=', '<', '@')."""
+    if fmt == NULL:
+        return False
+    if fmt[0] == b'=' or fmt[0] == b'<' or fmt[0] == b'@':
+        fmt += 1
+    if fmt[0] == 0 or fmt[1] != 0:
+        return False
+    while codes[0] != 0:
+        if codes[0] == fmt[0]:
+            return True
+        codes += 1
+    return False
+
+
+cdef _ArrayArg array_arg(object obj, int kind, int ndim, str what):
+    """obj as a C-contiguous numpy array of `kind` with `ndim` dimensions, else TypeError (wrong
+    type, dtype or layout) or ValueError (wrong number of dimensions)."""
+    cdef _ArrayArg arg = _ArrayArg.__new__(_ArrayArg)
+    cdef str dtype = ("int64", "float64", "bool")[kind]
+    if not PyObject_CheckBuffer(obj):
+        raise TypeError(f"{what} must be a C-contiguous {dtype} numpy array, not {type(obj).__name__}")
+    PyObject_GetBuffer(obj, &arg.view, PyBUF_FORMAT | PyBUF_STRIDES)
+    arg.held = True
+    cdef bint ok
+    if kind == ARG_INT64:
+        ok = arg.view.itemsize == 8 and format_is(arg.view.format, b"lq")
+    elif kind == ARG_FLOAT64:
+        ok = arg.view.itemsize == 8 and format_is(arg.view.format, b"d")
+    else:
+        ok = arg.view.itemsize == 1 and format_is(arg.view.format, b"?")
+    if not ok:
+        raise TypeError(f"{what} must be an array of dtype {dtype}, not one of format "
+                        f"{(<bytes>arg.view.format).decode('ascii', 'replace')!r}")
+    if not PyBuffer_IsContiguous(&arg.view, b'C'):
+        raise TypeError(f"{what} must be C-contiguous (np.ascontiguousarray)")
+    if arg.view.ndim != ndim:
+        raise ValueError(f"{what} must have {ndim} dimension{'s' if ndim > 1 else ''}, "
+                         f"not {arg.view.ndim}")
+    arg.n = arg.view.shape[0]
+    arg.k = arg.view.shape[1] if ndim == 2 else 1
+    return arg
+
+
+cdef _ArrayArg positions_arg(object obj, NodeStore store, int ndim, str what):
+    """Positions into `store`: an int64 array whose every entry is a slot of it (IndexError)."""
+    cdef _ArrayArg arg = array_arg(obj, ARG_INT64, ndim, what)
+    cdef const int64_t* p = <const int64_t*>arg.view.buf
+    cdef Py_ssize_t k, total = arg.n * arg.k
+    for k in range(total):
+        if <uint64_t>p[k] >= <uint64_t>store.n:
+            raise IndexError(f"{what}: position {p[k]} is out of range for a store of "
+                             f"{store.n} slots")
+    return arg
+
+
+cdef inline const int64_t* pos_of(_ArrayArg arg) noexcept:
+    return <const int64_t*>arg.view.buf
+
+
+cdef int same_length(Py_ssize_t n, Py_ssize_t m, str what) except -1:
+    if n != m:
+        raise ValueError(f"{what}: lengths differ ({n} and {m})")
+    return 0
+
+
+cdef int32_t slot_node(NodeStore store, object slot) except -1:
+    """The node at `slot` (a Python int) of the store, or IndexError."""
+    cdef Py_ssize_t k = slot
+    if not 0 <= k < store.n:
+        raise IndexError(f"slot {k} is out of range for a store of {store.n} slots")
+    return store.slots[k]
+
+
+# ============================================================================ storage
+
+def array_from_numbers(data, is_int=None):
+    """A store of new leaves, one per number of `data` (float64, 1-D); where is_int[k] (bool,
+    1-D) the leaf holds a Python int, as Value(1) does (a float beyond 2**53 stays a float)."""
+    cdef _ArrayArg values = array_arg(data, ARG_FLOAT64, 1, "data")
+    cdef _ArrayArg flags = None
+    cdef Py_ssize_t n = values.n, k
+    cdef const double* x = <const double*>values.view.buf
+    cdef const char* ints = NULL
+    if is_int is not None:
+        flags = array_arg(is_int, ARG_BOOL, 1, "is_int")
+        same_length(n, flags.n, "array_from_numbers: data and is_int")
+        ints = <const char*>flags.view.buf
+        for k in range(n):
+            if ints[k] and isfinite(x[k]) and x[k] != floor(x[k]):
+                raise ValueError(f"array_from_numbers: is_int[{k}] but data[{k}] = {x[k]!r} "
+                                 "is not an integer")
+    cdef NodeStore out = new_store(n)
+    reserve(<int32_t>n)
+    cdef int32_t i
+    cdef bint as_int
+    for k in range(n):
+        as_int = ints != NULL and ints[k] and fits_int(x[k])
+        i = new_node(x[k] + 0.0 if as_int else x[k], int_flag(as_int), OP_LEAF, -1, -1)
+        A.nodes[i].refcnt = 1
+        out.slots[k] = i
+    out.n = n
+    return out
+
+
+def array_from_values(values):
+    """A store referencing the given Values' nodes (no new node)."""
+    cdef list items = list(values)
+    cdef Py_ssize_t n = len(items), k
+    for k in range(n):
+        item = items[k]
+        if not isinstance(item, Value):
+            raise TypeError(f"array_from_values: items must be Values of the compiled engine, "
+                            f"not {type(item).__module__}.{type(item).__qualname__}")
+        index_of(<Value>item)
+    cdef NodeStore out = new_store(n)
+    for k in range(n):
+        out.slots[k] = (<Value>items[k])._i
+        incref_node(out.slots[k])
+    out.n = n
+    return out
+
+
+def array_value(NodeStore store not None, slot):
+    """The Value of the node at `slot` (its live handle if it has one: identity is stable)."""
+    return handle_of(slot_node(store, slot))
+
+
+def array_values(NodeStore store not None, pos):
+    """[Value of each position's node]"""
+    cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
+    cdef const int64_t* q = pos_of(p)
+    cdef Py_ssize_t k
+    cdef list out = PyList_New(p.n)
+    for k in range(p.n):
+        v = handle_of(store.slots[q[k]])
+        Py_INCREF(v)
+        PyList_SET_ITEM(out, k, v)
+    return out
+
+
+def array_numbers(NodeStore store not None, pos):
+    """[data of each position's node], as Python ints and floats (as Value.data gives them)."""
+    cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
+    cdef const int64_t* q = pos_of(p)
+    cdef Py_ssize_t k
+    cdef Node* n
+    cdef list out = PyList_New(p.n)
+    for k in range(p.n):
+        n = &A.nodes[store.slots[q[k]]]
+        v = number_object(n.data, n.flags & F_DATA_INT)
+        Py_INCREF(v)
+        PyList_SET_ITEM(out, k, v)
+    return out
+
+
+cdef object read_field(NodeStore store, object pos, bint grad):
+    cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
+    cdef const int64_t* q = pos_of(p)
+    cdef Py_ssize_t k
+    out = numpy_module().empty(p.n, dtype=numpy_module().float64)
+    cdef double[::1] o = out
+    cdef Node* nodes = A.nodes
+    if grad:
+        for k in range(p.n):
+            o[k] = nodes[store.slots[q[k]]].grad
+    else:
+        for k in range(p.n):
+            o[k] = nodes[store.slots[q[k]]].data
+    return out
+
+
+def array_data(NodeStore store not None, pos):
+    """The data of each position's node, as a float64 array."""
+    return read_field(store, pos, False)
+
+
+def array_grad(NodeStore store not None, pos):
+    """The grad of each position's node, as a float64 array."""
+    return read_field(store, pos, True)
+
+
+def array_set_data(NodeStore store not None, pos, values):
+    """Each position's node gets data = values[k] (a float)."""
+    cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
+    cdef _ArrayArg v = array_arg(values, ARG_FLOAT64, 1, "values")
+    same_length(p.n, v.n, "array_set_data: pos and values")
+    cdef const int64_t* q = pos_of(p)
+    cdef const double* x = <const double*>v.view.buf
+    cdef Py_ssize_t k
+    cdef Node* n
+    for k in range(p.n):
+        n = &A.nodes[store.slots[q[k]]]
+        n.data = x[k]
+        n.flags &= ~F_DATA_INT
+
+
+def array_zero_grad(NodeStore store not None, pos):
+    """Each position's node gets grad = 0 (the int, as micrograd's zero_grad sets it)."""
+    cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
+    cdef const int64_t* q = pos_of(p)
+    cdef Py_ssize_t k
+    cdef Node* n
+    for k in range(p.n):
+        n = &A.nodes[store.slots[q[k]]]
+        n.grad = 0.0
+        n.flags |= F_GRAD_INT
+
+
+def array_assign(NodeStore store not None, pos, NodeStore src not None, src_pos):
+    """Slot pos[k] of store now references the node at src_pos[k] of src (the old node is
+    released). All sources are read before any slot is written, so src may be store itself."""
+    cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
+    cdef _ArrayArg s = positions_arg(src_pos, src, 1, "src_pos")
+    same_length(p.n, s.n, "array_assign: pos and src_pos")
+    cdef Py_ssize_t k, n = p.n
+    cdef const int64_t* q = pos_of(p)
+    cdef const int64_t* r = pos_of(s)
+    cdef int32_t* moved = <int32_t*>malloc(<size_t>(n if n > 0 else 1) * sizeof(int32_t))
+    if moved == NULL:
+        raise MemoryError()
+    cdef int32_t old
+    for k in range(n):  # the new nodes, and a reference to each, before anything is released
+        moved[k] = src.slots[r[k]]
+        incref_node(moved[k])
+    for k in range(n):
+        old = store.slots[q[k]]
+        store.slots[q[k]] = moved[k]
+        moved[k] = old
+    for k in range(n):  # releasing may run Python code (a custom op's closure): last
+        decref_node(moved[k])
+    free(moved)
+
+
+def array_backward(NodeStore store not None, slot):
+    """Value.backward() from the node at `slot`."""
+    run_backward(slot_node(store, slot))
+
+
+# ============================================================================ operations
+
+cdef dict UNARY_OPS = {
+    "exp": OP_EXP, "log": OP_LOG, "tanh": OP_TANH, "relu": OP_RELU, "sigmoid": OP_SIGMOID,
+    "abs": OP_ABS, "powc": OP_POWC, "leaky_relu": OP_LEAKY_RELU, "elu": OP_ELU,
+}
+cdef dict BINARY_OPS = {"add": OP_ADD, "mul": OP_MUL, "pow": OP_POW}
+cdef dict REDUCE_OPS = {"sum": OP_SUM, "max": OP_MAX, "min": OP_MIN}
+
+
+cdef uint16_t op_code(dict ops, object op, str kernel) except 0xFFFF:
+    if not isinstance(op, str):
+        raise TypeError(f"{kernel}: op must be a str, not {type(op).__name__}")
+    code = ops.get(op)
+    if code is None:
+        raise ValueError(f"{kernel}: unknown op {op!r} (one of {', '.join(ops)})")
+    return <uint16_t>code
+
+
+ctypedef struct Result:
+    double data
+    bint is_int
+
+
+cdef Result* results_buffer(Py_ssize_t n) except NULL:
+    cdef Result* out = <Result*>malloc(<size_t>(n if n > 0 else 1) * sizeof(Result))
+    if out == NULL:
+        raise MemoryError(f"michigrad: out of memory for {n} results")
+    return out
+
+
+cdef NodeStore store_results(Result* res, Py_ssize_t n, uint16_t op, NodeStore a,
+                             const int64_t* a_pos, NodeStore b, const int64_t* b_pos,
+                             double c, bint c_int):
+    """One node per result: op over a's node at a_pos[k] (and b's at b_pos[k]); c is the op
+    constant of '**c', 'leaky_relu' and 'elu'. Cannot fail after its allocations."""
+    cdef NodeStore out = new_store(n)
+    reserve(<int32_t>n)
+    cdef Node* nodes = A.nodes
+    cdef Node* node
+    cdef Py_ssize_t k
+    cdef int32_t i
+    cdef bint has_aux = op == OP_POWC or op == OP_LEAKY_RELU or op == OP_ELU
+    cdef uint16_t aux_flag = F_AUX_INT if c_int else 0
+    for k in range(n):
+        i = new_node(res[k].data, int_flag(res[k].is_int), op, a.slots[a_pos[k]],
+                     b.slots[b_pos[k]] if b is not None else -1)
+        node = &nodes[i]
+        node.refcnt = 1
+        if has_aux:
+            node.aux = c
+            node.flags |= aux_flag
+        out.slots[k] = i
+    out.n = n
+    return out
+
+
+def array_unary(op, NodeStore store not None, pos, c=0.0):
+    """One new node per position: op in exp, log, tanh, relu, sigmoid, abs, powc (x ** c, as
+    Value's `x ** c`: pass an int c for int semantics), leaky_relu (slope c), elu (alpha c)."""
+    cdef uint16_t code = op_code(UNARY_OPS, op, "array_unary")
+    cdef double cv, x
+    cdef bint ci, xi
+    require_number(c, &cv, &ci, "array_unary: c")
+    if code != OP_POWC and code != OP_LEAKY_RELU and code != OP_ELU:
+        cv, ci = 0.0, False  # no op constant: the node is exactly Value's
+    cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
+    cdef const int64_t* q = pos_of(p)
+    cdef Py_ssize_t k, n = p.n
+    cdef Result* res = results_buffer(n)
+    cdef Node* nodes = A.nodes
+    cdef Node* a
+    cdef int error = FWD_OK
+    try:
+        for k in range(n):  # every value first: a forward error leaves no node behind
+            a = &nodes[store.slots[q[k]]]
+            x = a.data
+            xi = (a.flags & F_DATA_INT) != 0
+            error = op_forward(code, x, xi, cv, ci, &res[k].data, &res[k].is_int)
+            if error:
+                raise_forward_error(error, code, x, xi, cv, ci)
+        return store_results(res, n, code, store, q, None, NULL, cv, ci)
+    finally:
+        free(res)
+
+
+def array_binary(op, NodeStore a not None, a_pos, NodeStore b not None, b_pos):
+    """One new node per position pair: op in add ('+'), mul ('*'), pow (Value ** Value)."""
+    cdef uint16_t code = op_code(BINARY_OPS, op, "array_binary")
+    cdef _ArrayArg p = positions_arg(a_pos, a, 1, "a_pos")
+    cdef _ArrayArg r = positions_arg(b_pos, b, 1, "b_pos")
+    same_length(p.n, r.n, "array_binary: a_pos and b_pos")
+    cdef const int64_t* q = pos_of(p)
+    cdef const int64_t* s = pos_of(r)
+    cdef Py_ssize_t k, n = p.n
+    cdef Result* res = results_buffer(n)
+    cdef Node* nodes = A.nodes
+    cdef Node* x
+    cdef Node* y
+    cdef int error = FWD_OK
+    cdef bint xi, yi
+    try:
+        for k in range(n):
+            x = &nodes[a.slots[q[k]]]
+            y = &nodes[b.slots[s[k]]]
+            xi = (x.flags & F_DATA_INT) != 0
+            yi = (y.flags & F_DATA_INT) != 0
+            error = op_forward(code, x.data, xi, y.data, yi, &res[k].data, &res[k].is_int)
+            if error:
+                raise_forward_error(error, code, x.data, xi, y.data, yi)
+        return store_results(res, n, code, a, q, b, s, 0.0, False)
+    finally:
+        free(res)
+
+
+cdef inline int32_t* kids_buffer(int32_t nkids, int32_t* pair) noexcept nogil:
+    """Where a new node's children go: `pair` for up to two, else a malloc'd array that the
+    node will own (NULL when out of memory)."""
+    return <int32_t*>malloc(<size_t>nkids * sizeof(int32_t)) if nkids > 2 else pair
+
+
+cdef inline void attach_kids(Node* node, int32_t* kids, int32_t nkids) noexcept nogil:
+    """Give a node made by new_node(..., -1, -1) its children, filled in by the caller (who
+    has counted the references): the layout kid() reads."""
+    node.nkids = nkids
+    if nkids > 2:
+        node.kids.many = kids
+    else:
+        node.kids.pair[0] = kids[0] if nkids > 0 else -1
+        node.kids.pair[1] = kids[1] if nkids > 1 else -1
+
+
+def array_linear(NodeStore w not None, w_pos, NodeStore x not None, x_pos, bias=None, b_pos=None):
+    """n nodes 'linear', row r exactly `michigrad.linear(w[w_pos[r]], x[x_pos[r]], bias[b_pos[r]])`:
+    children [bias,] w..., x..., value summed left to right (bit-identical)."""
+    cdef _ArrayArg wp = positions_arg(w_pos, w, 2, "w_pos")
+    cdef _ArrayArg xp = positions_arg(x_pos, x, 2, "x_pos")
+    if wp.n != xp.n or wp.k != xp.k:
+        raise ValueError(f"array_linear: w_pos has shape ({wp.n}, {wp.k}) but x_pos "
+                         f"({xp.n}, {xp.k})")
+    if (bias is None) != (b_pos is None):
+        raise TypeError("array_linear: give both bias and b_pos, or neither")
+    cdef NodeStore b = None
+    cdef _ArrayArg bp = None
+    cdef const int64_t* bq = NULL
+    if bias is not None:
+        if not isinstance(bias, NodeStore):
+            raise TypeError(f"array_linear: bias must be a NodeStore or None, not "
+                            f"{type(bias).__name__}")
+        b = <NodeStore>bias
+        bp = positions_arg(b_pos, b, 1, "b_pos")
+        same_length(wp.n, bp.n, "array_linear: rows of w_pos and b_pos")
+        bq = pos_of(bp)
+    cdef Py_ssize_t n = wp.n, m = wp.k, r, k
+    cdef bint has_bias = b is not None
+    if 2 * m + 1 > INT32_MAX:
+        raise MemoryError("array_linear: too many inputs per row")
+    cdef int32_t nkids = <int32_t>(2 * m + has_bias)
+    cdef const int64_t* wq = pos_of(wp)
+    cdef const int64_t* xq = pos_of(xp)
+    cdef NodeStore out = new_store(n)
+    reserve(<int32_t>n)
+    cdef Node* nodes = A.nodes
+    cdef int32_t pair[2]
+    cdef int32_t* kids
+    cdef int32_t* wk
+    cdef int32_t* xk
+    cdef int32_t i
+    cdef double value
+    cdef bint value_int
+    for r in range(n):
+        kids = kids_buffer(nkids, pair)
+        if kids == NULL:
+            out.n = r  # the rows made so far are released with `out`
+            raise MemoryError("michigrad: out of memory in array_linear")
+        if has_bias:
+            kids[0] = b.slots[bq[r]]
+            nodes[kids[0]].refcnt += 1
+        wk = kids + has_bias
+        xk = wk + m
+        for k in range(m):
+            wk[k] = w.slots[wq[r * m + k]]
+            nodes[wk[k]].refcnt += 1
+        for k in range(m):
+            xk[k] = x.slots[xq[r * m + k]]
+            nodes[xk[k]].refcnt += 1
+        value = linear_value(nodes, kids, nkids, &value_int)
+        i = new_node(value, int_flag(value_int), OP_LINEAR, -1, -1)
+        attach_kids(&nodes[i], kids, nkids)
+        nodes[i].refcnt = 1
+        out.slots[r] = i
+    out.n = n
+    return out
+
+
+def array_reduce(op, NodeStore store not None, pos):
+    """n nodes over the k >= 1 positions of each row of pos (n, k): op sum, max or min."""
+    cdef uint16_t code = op_code(REDUCE_OPS, op, "array_reduce")
+    cdef _ArrayArg p = positions_arg(pos, store, 2, "pos")
+    cdef Py_ssize_t n = p.n, m = p.k, r, k
+    if m == 0:
+        raise ValueError(f"array_reduce: {op} needs at least one element per row")
+    if m > INT32_MAX:
+        raise MemoryError("array_reduce: too many elements per row")
+    cdef int32_t nkids = <int32_t>m
+    cdef const int64_t* q = pos_of(p)
+    cdef NodeStore out = new_store(n)
+    reserve(<int32_t>n)
+    cdef Node* nodes = A.nodes
+    cdef int32_t pair[2]
+    cdef int32_t* kids
+    cdef int32_t i
+    cdef double value
+    cdef bint value_int
+    for r in range(n):
+        kids = kids_buffer(nkids, pair)
+        if kids == NULL:
+            out.n = r
+            raise MemoryError("michigrad: out of memory in array_reduce")
+        for k in range(m):
+            kids[k] = store.slots[q[r * m + k]]
+            nodes[kids[k]].refcnt += 1
+        value = reduce_value(nodes, code, kids, nkids, &value_int)
+        i = new_node(value, int_flag(value_int), code, -1, -1)
+        attach_kids(&nodes[i], kids, nkids)
+        nodes[i].refcnt = 1
+        out.slots[r] = i
+    out.n = n
+    return out

@@ -1,0 +1,596 @@
+"""The array kernels of issue #5 (the interface MLArray is built on), against both kernel modules.
+
+`michigrad._engine` (compiled, _arrays.pxi) and `michigrad._reference_arrays` (reference Values)
+implement the same functions. Each kernel must make exactly the nodes the scalar ops make (same
+bits, int flags, labels and children), so values and gradients are checked against the scalar
+engine, against PyTorch (float64) and, between the two modules, for bit-identity. Errors must be
+raised before any node is made; a store owns its nodes' references and frees them when dropped.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import math
+import random
+import re
+import struct
+import weakref
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from michigrad import _engine
+
+KERNEL_MODULES = {"compiled": "michigrad._engine", "reference": "michigrad._reference_arrays"}
+VALUE_MODULES = {"compiled": "michigrad._engine", "reference": "michigrad._reference"}
+
+
+def kernel_module(name: str):
+    try:
+        return importlib.import_module(KERNEL_MODULES[name])
+    except ImportError as exc:  # pragma: no cover - both modules exist
+        pytest.fail(f"the {name} kernels cannot be imported: {exc}")
+
+
+@pytest.fixture
+def K(engine):  # noqa: N802 - the kernel module, short because every line uses it
+    return kernel_module(engine)
+
+
+def pos(*items) -> np.ndarray:
+    return np.ascontiguousarray(np.array(items, dtype=np.int64))
+
+
+def arange(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)
+
+
+def numbers(K, xs):
+    """A store of leaves holding xs (ints stay ints)."""
+    data = np.array([float(x) for x in xs], dtype=np.float64)
+    is_int = np.array([type(x) is int for x in xs], dtype=bool)
+    return K.array_from_numbers(data, is_int)
+
+
+def bits(x) -> tuple:
+    """A number's type and exact bits (so 0.0 and -0.0, and 1 and 1.0, differ)."""
+    return (type(x), struct.pack("<d", float(x)))
+
+
+def element_bits(K, store, n):
+    return [bits(x) for x in K.array_numbers(store, arange(n))]
+
+
+def grad_bits(K, store, n):
+    return [bits(v.grad) for v in K.array_values(store, arange(n))]
+
+
+def live() -> int:
+    return _engine._arena_stats()["live"]
+
+
+# ----------------------------------------------------------------------------- ops vs scalar Values
+
+UNARY_SCALAR = {
+    "exp": lambda v, c: v.exp(),
+    "log": lambda v, c: v.log(),
+    "tanh": lambda v, c: v.tanh(),
+    "relu": lambda v, c: v.relu(),
+    "sigmoid": lambda v, c: v.sigmoid(),
+    "abs": lambda v, c: abs(v),
+    "powc": lambda v, c: v**c,
+}
+UNARY_INPUTS = [3, -2, 0, 0.5, -1.25, 2.0, -0.0, 7, 1e-3]
+
+
+def positive(xs):
+    return [x for x in xs if x > 0]
+
+
+@pytest.mark.parametrize(("op", "c"), [(op, 0.0) for op in UNARY_SCALAR if op != "powc"]
+                         + [("powc", 2), ("powc", 3), ("powc", -1), ("powc", 0.5), ("powc", 2.0)])
+def test_unary_makes_the_nodes_the_scalar_op_makes(K, Value, op, c):
+    xs = positive(UNARY_INPUTS) if op == "log" or (op == "powc" and (c == 0.5 or c == -1)) else UNARY_INPUTS
+    store = numbers(K, xs)
+    out = K.array_unary(op, store, arange(len(xs)), c)
+    leaves = [Value(x) for x in xs]
+    want = [UNARY_SCALAR[op](v, c) for v in leaves]
+    got = K.array_values(out, arange(len(xs)))
+    assert [bits(v.data) for v in got] == [bits(v.data) for v in want]
+    assert [v._op for v in got] == [v._op for v in want]
+    sources = K.array_values(store, arange(len(xs)))
+    for g, s in zip(got, sources):
+        assert g._children == (s,)
+    # gradients: the same bits as the scalar graph's
+    for g, w in zip(got, want):
+        g.backward()
+        w.backward()
+    assert [bits(s.grad) for s in sources] == [bits(v.grad) for v in leaves]
+
+
+@pytest.mark.parametrize("op", ["add", "mul", "pow"])
+def test_binary_makes_the_nodes_the_scalar_op_makes(K, Value, op):
+    xs = [3, -2, 0.5, 2.0, 1.5, 4, 0, -0.0] if op != "pow" else [3, 2, 0.5, 2.0, 1.5, 4, 1, 7]
+    ys = [2, 5, -1.5, 3, 0.25, -0.5, 3, 0] if op != "pow" else [2, 3, -1.5, 3, 0.25, -0.5, 10, 0]
+    a, b = numbers(K, xs), numbers(K, ys)
+    n = len(xs)
+    out = K.array_binary(op, a, arange(n), b, arange(n)[::-1].copy())
+    fn = {"add": lambda u, v: u + v, "mul": lambda u, v: u * v, "pow": lambda u, v: u**v}[op]
+    lx, ly = [Value(x) for x in xs], [Value(y) for y in ys]
+    want = [fn(u, v) for u, v in zip(lx, ly[::-1])]
+    got = K.array_values(out, arange(n))
+    assert [bits(v.data) for v in got] == [bits(v.data) for v in want]
+    assert [v._op for v in got] == [v._op for v in want]
+    for g, w in zip(got, want):
+        g.backward()
+        w.backward()
+    assert grad_bits(K, a, n) == [bits(v.grad) for v in lx]
+    assert grad_bits(K, b, n) == [bits(v.grad) for v in ly]
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 5, 64])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_rows_are_michigrad_linear_to_the_last_bit(K, Value, engine, k, with_bias):
+    linear = importlib.import_module(VALUE_MODULES[engine]).linear
+    rng = random.Random(k)
+    n = 3
+    wx = [rng.uniform(-1, 1) for _ in range(n * k)]
+    xx = [rng.choice([rng.uniform(-3, 3), rng.randint(-3, 3)]) for _ in range(n * k)]
+    bx = [rng.uniform(-1, 1) for _ in range(n)]
+    w, x, b = numbers(K, wx), numbers(K, xx), numbers(K, bx)
+    w_pos = arange(n * k).reshape(n, k)
+    x_pos = arange(n * k).reshape(n, k)
+    out = (K.array_linear(w, w_pos, x, x_pos, b, arange(n)) if with_bias
+           else K.array_linear(w, w_pos, x, x_pos))
+    ws, xs, bs = (K.array_values(s, arange(len(s))) for s in (w, x, b))
+    got = K.array_values(out, arange(n))
+    for r in range(n):
+        want = linear(ws[r * k:(r + 1) * k], xs[r * k:(r + 1) * k], bs[r] if with_bias else None)
+        assert bits(got[r].data) == bits(want.data)
+        assert got[r]._op == "linear"
+        assert got[r]._children == want._children
+
+
+# ------------------------------------------------------------------------------ the new ops
+
+def reduce_rows(K, op, xs_rows):
+    k = len(xs_rows[0])
+    store = numbers(K, [x for row in xs_rows for x in row])
+    return store, K.array_reduce(op, store, arange(len(xs_rows) * k).reshape(-1, k))
+
+
+def test_sum_is_a_left_fold_with_plus_semantics(K):
+    rows = [[1, 2, 3], [1, 2.0, 3], [0.1, 0.2, 0.3], [2**52, 2**52, 1], [-0.0, -0.0, -0.0], [5, -5, 0]]
+    store, out = reduce_rows(K, "sum", rows)
+    want = []
+    for row in rows:
+        acc = row[0]
+        for x in row[1:]:
+            acc = acc + x
+            if type(acc) is int and abs(acc) >= 2**53:
+                acc = float(acc)
+        want.append(acc)
+    assert element_bits(K, out, len(rows)) == [bits(w) for w in want]
+    v = K.array_value(out, 0)
+    assert v._op == "sum" and len(v._children) == 3
+
+
+def test_sum_gradient_counts_a_repeated_child_each_time(K):
+    store = numbers(K, [1.5, 2])
+    out = K.array_reduce("sum", store, pos([0, 1, 0, 0]))
+    K.array_backward(out, 0)
+    assert K.array_numbers(out, arange(1)) == [6.5]
+    assert [v.grad for v in K.array_values(store, arange(2))] == [3, 1]
+    assert [type(v.grad) for v in K.array_values(store, arange(2))] == [int, int]
+    assert len(K.array_value(out, 0)._children) == 2  # _children lists each child once
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_max_min_pick_the_first_extreme_child_and_keep_its_int_flag(K, op):
+    rows = [[1, 3, 3.0, 2], [3.0, 3, 1, 3], [-1, -1.0, -2, -2.0], [0.0, -0.0, 5, -5], [-0.0, 0.0, 5, -5]]
+    store, out = reduce_rows(K, op, rows)
+    pick = max if op == "max" else min
+    assert element_bits(K, out, len(rows)) == [bits(pick(row)) for row in rows]  # Python's max/min: first
+    for r in range(len(rows)):
+        K.array_backward(out, r)
+    grads = [v.grad for v in K.array_values(store, arange(20))]
+    want = []
+    for row in rows:
+        first = next(i for i, x in enumerate(row) if x == pick(row))
+        want += [1 if i == first else 0 for i in range(4)]
+    assert grads == want
+    assert K.array_value(out, 0)._op == op
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_max_min_propagate_the_first_nan(K, op):
+    nan = float("nan")
+    store, out = reduce_rows(K, op, [[1.0, nan, 5.0, nan], [nan, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, nan]])
+    assert all(math.isnan(x) for x in K.array_numbers(out, arange(3)))
+    for r in range(3):
+        K.array_backward(out, r)
+    assert [v.grad for v in K.array_values(store, arange(12))] == [0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize(("slope", "xs"), [(0.01, [2, -3, 0, 1.5, -0.5, -0.0]),
+                                           (2, [2, -3, 0, 1.5, -0.5, -0.0]),
+                                           (0.2, [-2**60, 2**52 - 1])])
+def test_leaky_relu_values_and_int_rules(K, slope, xs):
+    store = numbers(K, xs)
+    out = K.array_unary("leaky_relu", store, arange(len(xs)), slope)
+    want = []
+    for x in K.array_numbers(store, arange(len(xs))):
+        y = x if x > 0 else slope * x
+        want.append(y + 0 if type(y) is int else y)
+    assert element_bits(K, out, len(xs)) == [bits(w) for w in want]
+    for k in range(len(xs)):
+        K.array_backward(out, k)
+    grads = [v.grad for v in K.array_values(store, arange(len(xs)))]
+    expected = [(1 if x > 0 else slope) * 1 for x in K.array_numbers(store, arange(len(xs)))]
+    assert [bits(g) for g in grads] == [bits(e) for e in expected]
+    assert K.array_value(out, 0)._op == "leaky_relu"
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2])
+def test_elu_values_and_gradients(K, alpha):
+    xs = [2, -3, 0, 1.5, -0.5, -0.0, -40.0]
+    store = numbers(K, xs)
+    out = K.array_unary("elu", store, arange(len(xs)), alpha)
+    want = [x if x > 0 else alpha * math.expm1(x) for x in xs]
+    assert element_bits(K, out, len(xs)) == [bits(w) for w in want]
+    for k in range(len(xs)):
+        K.array_backward(out, k)
+    grads = [v.grad for v in K.array_values(store, arange(len(xs)))]
+    assert [bits(g) for g in grads] == [bits(1 if x > 0 else (alpha * math.exp(x)) * 1) for x in xs]
+    assert K.array_value(out, 0)._op == "elu"
+
+
+# ------------------------------------------------------------------------------ vs PyTorch
+
+def torch_check(K, build_ours, build_torch, xs, rtol=1e-12):
+    """Forward values and leaf gradients of ours (a store of outputs summed by a 'sum' node)
+    against torch float64."""
+    import torch  # here: the memcheck run deselects torch tests
+
+    store = numbers(K, xs)
+    out = build_ours(store)
+    n = len(out)
+    total = K.array_reduce("sum", out, arange(n).reshape(1, n))
+    K.array_backward(total, 0)
+    t = torch.tensor([float(x) for x in xs], dtype=torch.float64, requires_grad=True)
+    tout = build_torch(t)
+    tout.sum().backward()
+    np.testing.assert_allclose(K.array_data(out, arange(n)), tout.detach().numpy(), rtol=rtol, atol=1e-14)
+    np.testing.assert_allclose(K.array_grad(store, arange(len(xs))), t.grad.numpy(), rtol=rtol, atol=1e-14)
+
+
+TORCH_UNARY = {
+    "exp": (0.0, lambda t: t.exp()),
+    "log": (0.0, lambda t: t.log()),
+    "tanh": (0.0, lambda t: t.tanh()),
+    "relu": (0.0, lambda t: t.relu()),
+    "sigmoid": (0.0, lambda t: t.sigmoid()),
+    "abs": (0.0, lambda t: t.abs()),
+    "powc": (3, lambda t: t**3),
+    "leaky_relu": (0.1, lambda t: __import__("torch").nn.functional.leaky_relu(t, 0.1)),
+    "elu": (1.5, lambda t: __import__("torch").nn.functional.elu(t, 1.5)),
+}
+
+
+@pytest.mark.parametrize("op", list(TORCH_UNARY))
+def test_unary_values_and_gradients_match_torch(K, op):
+    rng = random.Random(op)
+    xs = [rng.uniform(0.1, 3) if op == "log" else rng.uniform(-3, 3) for _ in range(50)]
+    c, fn = TORCH_UNARY[op]
+    torch_check(K, lambda s: K.array_unary(op, s, arange(50), c), fn, xs)
+
+
+@pytest.mark.parametrize("op", ["add", "mul", "pow"])
+def test_binary_values_and_gradients_match_torch(K, op):
+    rng = random.Random(op)
+    xs = [rng.uniform(0.5, 2) for _ in range(40)]
+    fn = {"add": lambda u, v: u + v, "mul": lambda u, v: u * v, "pow": lambda u, v: u**v}[op]
+    ours = lambda s: K.array_binary(op, s, arange(20), s, arange(20) + 20)
+    torch_check(K, ours, lambda t: fn(t[:20], t[20:]), xs)
+
+
+def test_linear_as_matmul_matches_torch(K):
+    # A (3x4) @ B (4x2): row r of A against column c of B, plus a bias per output
+    rng = random.Random(5)
+    xs = [rng.uniform(-2, 2) for _ in range(12 + 8 + 6)]
+    a_idx, b_idx = arange(12).reshape(3, 4), (arange(8) + 12).reshape(4, 2)
+    w_pos = np.ascontiguousarray(np.repeat(a_idx, 2, axis=0))            # (6, 4): rows of A
+    x_pos = np.ascontiguousarray(np.tile(b_idx.T, (3, 1)))               # (6, 4): columns of B
+    ours = lambda s: K.array_linear(s, w_pos, s, x_pos, s, arange(6) + 20)
+    theirs = lambda t: (t[:12].reshape(3, 4) @ t[12:20].reshape(4, 2)).reshape(-1) + t[20:]
+    torch_check(K, ours, theirs, xs)
+
+
+@pytest.mark.parametrize("op", ["sum", "max", "min"])
+def test_reductions_match_torch_without_ties(K, op):
+    import torch
+
+    rng = random.Random(op)
+    xs = [rng.uniform(-3, 3) for _ in range(24)]  # no ties: torch.amax's tie rule does not matter
+    fn = {"sum": lambda t: t.reshape(4, 6).sum(1), "max": lambda t: torch.amax(t.reshape(4, 6), 1),
+          "min": lambda t: torch.amin(t.reshape(4, 6), 1)}[op]
+    torch_check(K, lambda s: K.array_reduce(op, s, arange(24).reshape(4, 6)), fn, xs)
+
+
+# --------------------------------------------------------------- compiled vs reference kernels
+
+def run_program(K, program, xs):
+    """Run a small program of kernel calls; return every store's numbers and grads, as bits."""
+    stores = [numbers(K, xs)]
+    n = len(xs)
+    for op, arg in program:
+        src = stores[arg % len(stores)]
+        if op in ("exp", "tanh", "relu", "sigmoid", "abs", "leaky_relu", "elu"):
+            stores.append(K.array_unary(op, src, arange(n), {"leaky_relu": 3, "elu": 0.5}.get(op, 0.0)))
+        elif op == "powc":
+            stores.append(K.array_unary(op, src, arange(n), 2))
+        elif op in ("add", "mul"):
+            stores.append(K.array_binary(op, src, arange(n), stores[-1], arange(n)[::-1].copy()))
+        elif op in ("sum", "max", "min"):
+            rows = (arange(2 * n) % n).reshape(n, 2)
+            stores.append(K.array_reduce(op, src, rows))
+        elif op == "linear":
+            w_pos = (arange(n * 3) * 7 % n).reshape(n, 3)
+            x_pos = (arange(n * 3) * 5 % n).reshape(n, 3)
+            stores.append(K.array_linear(src, w_pos, stores[-1], x_pos, stores[0], arange(n)))
+    top = stores[-1]
+    root = K.array_reduce("sum", top, arange(n).reshape(1, n))
+    K.array_backward(root, 0)
+    return ([element_bits(K, s, n) for s in stores], [grad_bits(K, s, n) for s in stores],
+            [[v._op for v in K.array_values(s, arange(n))] for s in stores])
+
+
+OPS = ["exp", "tanh", "relu", "sigmoid", "abs", "leaky_relu", "elu", "powc", "add", "mul",
+       "sum", "max", "min", "linear"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(xs=st.lists(st.one_of(st.integers(-5, 5), st.floats(-3, 3, allow_nan=False)), min_size=1, max_size=6),
+       program=st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 10)), min_size=1, max_size=6))
+def test_compiled_and_reference_kernels_are_bit_identical(xs, program):
+    compiled = run_program(kernel_module("compiled"), program, xs)
+    reference = run_program(kernel_module("reference"), program, xs)
+    assert compiled == reference
+
+
+# ------------------------------------------------------------------------------ errors
+
+def check_unchanged(K, engine, before, store, n, action, error, match=None):
+    """action raises `error`, creates no node (arena counts unchanged) and leaves store intact."""
+    values = element_bits(K, store, n)
+    with pytest.raises(error, match=match):
+        action()
+    if engine == "compiled":
+        gc.collect()
+        stats = _engine._arena_stats()
+        assert (stats["live"], stats["allocations"]) == before
+        assert _engine._arena_check()
+    assert element_bits(K, store, n) == values
+
+
+def stats_now(engine):
+    if engine != "compiled":
+        return None
+    gc.collect()
+    stats = _engine._arena_stats()
+    return stats["live"], stats["allocations"]
+
+
+@pytest.mark.parametrize(("call", "error"), [
+    (lambda K, s: K.array_unary("tanh", s, pos(0, 3)), IndexError),
+    (lambda K, s: K.array_unary("tanh", s, pos(-1)), IndexError),
+    (lambda K, s: K.array_unary("tanh", s, [0, 1]), TypeError),
+    (lambda K, s: K.array_unary("tanh", s, np.array([0, 1], dtype=np.int32)), TypeError),
+    (lambda K, s: K.array_unary("tanh", s, np.array([0.0, 1.0])), TypeError),
+    (lambda K, s: K.array_unary("tanh", s, pos(0, 1, 2, 0)[::2]), TypeError),
+    (lambda K, s: K.array_unary("tanh", s, pos([0, 1])), ValueError),
+    (lambda K, s: K.array_unary("nope", s, pos(0)), ValueError),
+    (lambda K, s: K.array_unary(3, s, pos(0)), TypeError),
+    (lambda K, s: K.array_unary("powc", s, pos(0), "2"), TypeError),
+    (lambda K, s: K.array_unary("tanh", [1.0], pos(0)), TypeError),
+    (lambda K, s: K.array_binary("add", s, pos(0, 1), s, pos(0)), ValueError),
+    (lambda K, s: K.array_binary("add", s, pos(0), s, pos(5)), IndexError),
+    (lambda K, s: K.array_binary("sub", s, pos(0), s, pos(1)), ValueError),
+    (lambda K, s: K.array_linear(s, pos([0, 1]), s, pos([0, 1], [1, 2])), ValueError),
+    (lambda K, s: K.array_linear(s, pos([0, 1]), s, pos([0, 2, 1])), ValueError),
+    (lambda K, s: K.array_linear(s, pos([0, 1]), s, pos([2, 1]), s, pos(0, 1)), ValueError),
+    (lambda K, s: K.array_linear(s, pos([0, 1]), s, pos([2, 1]), s, None), TypeError),
+    (lambda K, s: K.array_linear(s, pos([0, 1]), s, pos([2, 9]), s, pos(0)), IndexError),
+    (lambda K, s: K.array_reduce("sum", s, np.zeros((2, 0), dtype=np.int64)), ValueError),
+    (lambda K, s: K.array_reduce("sum", s, pos(0, 1)), ValueError),
+    (lambda K, s: K.array_reduce("mean", s, pos([0, 1])), ValueError),
+    (lambda K, s: K.array_assign(s, pos(0, 1), s, pos(1)), ValueError),
+    (lambda K, s: K.array_assign(s, pos(0), s, pos(3)), IndexError),
+    (lambda K, s: K.array_set_data(s, pos(0, 1), np.array([1.0])), ValueError),
+    (lambda K, s: K.array_set_data(s, pos(0), np.array([1], dtype=np.int64)), TypeError),
+    (lambda K, s: K.array_value(s, 3), IndexError),
+    (lambda K, s: K.array_value(s, -1), IndexError),
+    (lambda K, s: K.array_backward(s, 3), IndexError),
+    (lambda K, s: K.array_from_numbers(np.array([1.0, 2.0]), np.array([True])), ValueError),
+    (lambda K, s: K.array_from_numbers(np.array([1.5]), np.array([True])), ValueError),
+    (lambda K, s: K.array_from_numbers([1.0, 2.0]), TypeError),
+    (lambda K, s: K.array_from_values([K.array_value(s, 0), 2.0]), TypeError),
+])
+def test_bad_arguments_raise_before_any_node_is_made(K, engine, call, error):
+    store = numbers(K, [1, 2.5, -3])
+    check_unchanged(K, engine, stats_now(engine), store, 3, lambda: call(K, store), error)
+
+
+def test_values_of_the_other_engine_are_rejected_by_name(K, engine):
+    other = importlib.import_module(VALUE_MODULES["reference" if engine == "compiled" else "compiled"])
+    with pytest.raises(TypeError, match="Value"):
+        K.array_from_values([other.Value(1.0)])
+
+
+@pytest.mark.parametrize(("op", "xs", "c", "scalar"), [
+    ("log", [2.0, 0.0], 0.0, lambda v, c: v.log()),
+    ("log", [2.0, -1], 0.0, lambda v, c: v.log()),
+    ("exp", [1.0, 1000.0], 0.0, lambda v, c: v.exp()),
+    ("powc", [2.0, 0.0], -1, lambda v, c: v**c),
+    ("powc", [2.0, -8.0], 0.5, lambda v, c: v**c),
+    ("powc", [2.0, 1e200], 2, lambda v, c: v**c),
+])
+def test_forward_errors_are_the_scalar_ops_errors_and_leave_no_node(K, Value, engine, op, xs, c, scalar):
+    store = numbers(K, xs)
+    with pytest.raises(Exception) as scalar_error:
+        scalar(Value(xs[1]), c)
+    check_unchanged(K, engine, stats_now(engine), store, 2,
+                    lambda: K.array_unary(op, store, arange(2), c), type(scalar_error.value),
+                    match=re.escape(str(scalar_error.value)))
+
+
+@pytest.mark.parametrize(("xs", "ys"), [([2.0, 0.0], [1.0, -1.0]), ([2.0, -8.0], [1.0, 0.5]),
+                                        ([2.0, 10.0], [1.0, 400.0])])
+def test_binary_pow_errors_leave_no_node(K, Value, engine, xs, ys):
+    a, b = numbers(K, xs), numbers(K, ys)
+    with pytest.raises(Exception) as scalar_error:
+        Value(xs[1]) ** Value(ys[1])
+    check_unchanged(K, engine, stats_now(engine), a, 2,
+                    lambda: K.array_binary("pow", a, arange(2), b, arange(2)), type(scalar_error.value))
+
+
+# ------------------------------------------------------------------------------ storage
+
+def test_numbers_keep_ints_and_huge_ints_become_floats(K):
+    data = np.array([1.0, -0.0, 2.5, 2.0**60, float("inf"), float("nan"), -0.0])
+    is_int = np.array([True, True, False, True, False, False, False])
+    store = K.array_from_numbers(data, is_int)
+    got = K.array_numbers(store, arange(7))
+    assert [type(x) for x in got] == [int, int, float, float, float, float, float]
+    assert bits(got[1]) == bits(0) and bits(got[6]) == bits(-0.0)
+    assert K.array_from_numbers(np.array([1.0])).__len__() == 1
+    assert type(K.array_numbers(K.array_from_numbers(np.array([1.0])), pos(0))[0]) is float
+
+
+def test_array_value_returns_the_same_handle_and_the_given_values(K, Value):
+    a, b = Value(1.5), Value(2)
+    store = K.array_from_values([a, b, a])
+    assert K.array_value(store, 0) is a and K.array_value(store, 2) is a
+    assert K.array_values(store, pos(1, 0)) == [b, a]
+    out = K.array_unary("tanh", store, pos(0))
+    v = K.array_value(out, 0)
+    assert K.array_value(out, 0) is v
+    assert v._children == (a,)
+    # mixing with scalar Values: an array element is an ordinary node
+    y = v * b + a
+    y.backward()
+    assert a.grad == pytest.approx(1 + 2 * (1 - math.tanh(1.5) ** 2))
+    assert b.grad == pytest.approx(math.tanh(1.5))
+
+
+def test_data_grad_set_data_and_zero_grad(K):
+    store = numbers(K, [1, 2.5, -3])
+    out = K.array_binary("mul", store, arange(3), store, arange(3))
+    K.array_backward(K.array_reduce("sum", out, pos([0, 1, 2])), 0)
+    np.testing.assert_array_equal(K.array_data(store, pos(2, 0)), [-3.0, 1.0])
+    np.testing.assert_array_equal(K.array_grad(store, arange(3)), [2.0, 5.0, -6.0])
+    K.array_zero_grad(store, pos(0, 2))
+    assert [bits(v.grad) for v in K.array_values(store, arange(3))] == [bits(0), bits(5.0), bits(0)]
+    K.array_set_data(store, pos(0, 1), np.array([4.0, -1.0]))
+    assert element_bits(K, store, 3) == [bits(4.0), bits(-1.0), bits(-3)]
+    assert K.array_data(store, pos()).dtype == np.float64
+
+
+def test_assign_reads_all_sources_before_writing(K):
+    store = numbers(K, [10, 20, 30])
+    nodes = K.array_values(store, arange(3))
+    K.array_assign(store, pos(0, 1, 2), store, pos(2, 0, 1))  # a rotation within one store
+    assert K.array_values(store, arange(3)) == [nodes[2], nodes[0], nodes[1]]
+    other = numbers(K, [7])
+    K.array_assign(store, pos(0, 0), other, pos(0, 0))  # a repeated target
+    assert K.array_numbers(store, arange(3)) == [7, 10, 20]
+    if K is _engine:
+        assert _engine._arena_check()
+
+
+def test_linear_without_inputs_is_zero_or_the_bias(K):
+    b = numbers(K, [1.5, -2])
+    empty = np.zeros((2, 0), dtype=np.int64)
+    assert element_bits(K, K.array_linear(b, empty, b, empty), 2) == [bits(0), bits(0)]
+    with_bias = K.array_linear(b, empty, b, empty, b, pos(1, 0))
+    assert element_bits(K, with_bias, 2) == [bits(-2), bits(1.5)]
+    K.array_backward(with_bias, 0)
+    assert [v.grad for v in K.array_values(b, arange(2))] == [0, 1]
+
+
+def test_graph_of_array_nodes_has_labels_and_children(K):
+    store = numbers(K, [1.0, 2.0, 3.0])
+    m = K.array_reduce("max", store, pos([0, 1, 2, 1]))
+    v = K.array_value(m, 0)
+    assert v._op == "max"
+    assert v._children == tuple(K.array_values(store, pos(0, 1, 2)))
+    assert v._prev == set(K.array_values(store, arange(3)))
+
+
+# ------------------------------------------------------------------------------ lifetime
+
+def test_dropping_a_store_frees_its_nodes(K, engine):
+    if engine == "compiled":
+        gc.collect()
+        before = live()
+    store = numbers(K, [1.0, 2.0, 3.0])
+    out = K.array_unary("tanh", store, arange(3))
+    total = K.array_reduce("sum", out, pos([0, 1, 2]))
+    probe = weakref.ref(K.array_value(out, 1)) if engine == "reference" else None
+    if engine == "compiled":
+        assert live() == before + 7
+    del store, out
+    if engine == "compiled":
+        assert live() == before + 7  # the sum node keeps its inputs alive
+    del total
+    gc.collect()
+    if engine == "compiled":
+        assert live() == before
+        assert _engine._arena_check()
+    else:
+        assert probe() is None
+
+
+def test_many_iterations_do_not_leak(K, engine):
+    w = numbers(K, [0.5] * 16)
+
+    def step():
+        x = numbers(K, list(range(16)))
+        h = K.array_unary("tanh", K.array_linear(w, arange(16).reshape(4, 4), x, arange(16).reshape(4, 4)), arange(4))
+        loss = K.array_reduce("sum", h, pos([0, 1, 2, 3]))
+        K.array_backward(loss, 0)
+        K.array_zero_grad(w, arange(16))
+
+    step()
+    gc.collect()
+    if engine == "compiled":
+        before = live()
+        for _ in range(200):
+            step()
+        assert live() == before
+        assert _engine._arena_check()
+    else:
+        probe = []
+        for _ in range(20):
+            x = numbers(K, [1.0])
+            probe.append(weakref.ref(K.array_value(x, 0)))
+            del x
+            step()
+        gc.collect()
+        assert all(p() is None for p in probe)
+
+
+@pytest.mark.parametrize("engine", ["compiled", pytest.param("reference", marks=pytest.mark.slow)])
+def test_a_million_element_op_works(engine):
+    K = kernel_module(engine)
+    n = 1_000_000
+    store = K.array_from_numbers(np.linspace(-2, 2, n))
+    out = K.array_binary("mul", store, arange(n), store, arange(n))
+    total = K.array_reduce("sum", out, arange(n).reshape(1, n))
+    K.array_backward(total, 0)
+    data = np.linspace(-2, 2, n)
+    assert K.array_numbers(total, pos(0))[0] == pytest.approx(float(np.sum(data * data)), rel=1e-12)
+    np.testing.assert_array_equal(K.array_grad(store, arange(n)), 2 * data)
