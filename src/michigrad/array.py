@@ -408,12 +408,16 @@ class MLArrayBase:
         return type(self)._new(self._kernels.array_unary(op, self._store, self._flat(), c),
                                self.shape)
 
-    def _binary(self, op: str, a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
+    @staticmethod
+    def _broadcast(a: MLArrayBase, b: MLArrayBase) -> Shape:
         try:
-            shape = np.broadcast_shapes(a.shape, b.shape)
+            return tuple(np.broadcast_shapes(a.shape, b.shape))
         except ValueError:
             raise ValueError(f"operands could not be broadcast together with shapes {a.shape} "
                              f"{b.shape}") from None
+
+    def _binary(self, op: str, a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
+        shape = self._broadcast(a, b)
         ap = _positions(np.broadcast_to(a._index, shape))
         bp = _positions(np.broadcast_to(b._index, shape))
         return type(self)._new(self._kernels.array_binary(op, a._store, ap, b._store, bp), shape)
@@ -446,12 +450,15 @@ class MLArrayBase:
         b = self._operand(other)
         if b is None:
             return NotImplemented
+        self._broadcast(self, b)  # shapes first: no node is made for a doomed operation
         return self + b * -1
 
     def __rsub__(self, other: Any) -> MLArrayBase:  # Value's (-self) + other
-        if self._operand(other) is None:
+        b = self._operand(other)
+        if b is None:
             return NotImplemented
-        return (-self) + other
+        self._broadcast(self, b)
+        return (-self) + b
 
     def __truediv__(self, other: Any) -> MLArrayBase:
         x = _number_or_none(other)
@@ -460,12 +467,15 @@ class MLArrayBase:
         b = self._operand(other)
         if b is None:
             return NotImplemented
+        self._broadcast(self, b)
         return self * b**-1
 
     def __rtruediv__(self, other: Any) -> MLArrayBase:  # Value's self ** -1 * other
-        if self._operand(other) is None:
+        b = self._operand(other)
+        if b is None:
             return NotImplemented
-        return self**-1 * other
+        self._broadcast(self, b)
+        return self**-1 * b
 
     def __pow__(self, other: Any, modulo: None = None) -> MLArrayBase:
         if modulo is not None:
