@@ -123,8 +123,8 @@ cdef inline bint format_is(const char* fmt, const char* codes) noexcept:
 
 
 cdef _ArrayArg array_arg(object obj, int kind, int ndim, str what):
-    """obj as a C-contiguous numpy array of `kind` with `ndim` dimensions, else TypeError (wrong
-    type, dtype or layout) or ValueError (wrong number of dimensions)."""
+    """obj as a C-contiguous numpy array of `kind` with `ndim` dimensions, else TypeError (not
+    an array, wrong dtype) or ValueError (wrong number of dimensions, not C-contiguous)."""
     cdef _ArrayArg arg = _ArrayArg.__new__(_ArrayArg)
     cdef str dtype = ("int64", "float64", "bool")[kind]
     if not PyObject_CheckBuffer(obj):
@@ -141,11 +141,10 @@ cdef _ArrayArg array_arg(object obj, int kind, int ndim, str what):
     if not ok:
         raise TypeError(f"{what} must be an array of dtype {dtype}, not one of format "
                         f"{(<bytes>arg.view.format).decode('ascii', 'replace')!r}")
-    if not PyBuffer_IsContiguous(&arg.view, b'C'):
-        raise TypeError(f"{what} must be C-contiguous (np.ascontiguousarray)")
     if arg.view.ndim != ndim:
-        raise ValueError(f"{what} must have {ndim} dimension{'s' if ndim > 1 else ''}, "
-                         f"not {arg.view.ndim}")
+        raise ValueError(f"{what} must be {ndim}-D, not {arg.view.ndim}-D")
+    if not PyBuffer_IsContiguous(&arg.view, b'C'):
+        raise ValueError(f"{what} must be C-contiguous (np.ascontiguousarray)")
     arg.n = arg.view.shape[0]
     arg.k = arg.view.shape[1] if ndim == 2 else 1
     return arg
@@ -185,7 +184,8 @@ cdef int32_t slot_node(NodeStore store, object slot) except -1:
 
 def array_from_numbers(data, is_int=None):
     """A store of new leaves, one per number of `data` (float64, 1-D); where is_int[k] (bool,
-    1-D) the leaf holds a Python int, as Value(1) does (a float beyond 2**53 stays a float)."""
+    1-D) and data[k] is an integer a double holds exactly (|x| < 2**53), the leaf holds a
+    Python int, as Value(1) does; otherwise the float."""
     cdef _ArrayArg values = array_arg(data, ARG_FLOAT64, 1, "data")
     cdef _ArrayArg flags = None
     cdef Py_ssize_t n = values.n, k
@@ -195,16 +195,12 @@ def array_from_numbers(data, is_int=None):
         flags = array_arg(is_int, ARG_BOOL, 1, "is_int")
         same_length(n, flags.n, "array_from_numbers: data and is_int")
         ints = <const char*>flags.view.buf
-        for k in range(n):
-            if ints[k] and isfinite(x[k]) and x[k] != floor(x[k]):
-                raise ValueError(f"array_from_numbers: is_int[{k}] but data[{k}] = {x[k]!r} "
-                                 "is not an integer")
     cdef NodeStore out = new_store(n)
     reserve(<int32_t>n)
     cdef int32_t i
     cdef bint as_int
     for k in range(n):
-        as_int = ints != NULL and ints[k] and fits_int(x[k])
+        as_int = ints != NULL and ints[k] and fits_int(x[k]) and x[k] == floor(x[k])
         i = new_node(x[k] + 0.0 if as_int else x[k], int_flag(as_int), OP_LEAF, -1, -1)
         A.nodes[i].refcnt = 1
         out.slots[k] = i
@@ -487,7 +483,7 @@ def array_linear(NodeStore w not None, w_pos, NodeStore x not None, x_pos, bias=
         raise ValueError(f"array_linear: w_pos has shape ({wp.n}, {wp.k}) but x_pos "
                          f"({xp.n}, {xp.k})")
     if (bias is None) != (b_pos is None):
-        raise TypeError("array_linear: give both bias and b_pos, or neither")
+        raise ValueError("array_linear: give both bias and b_pos, or neither")
     cdef NodeStore b = None
     cdef _ArrayArg bp = None
     cdef const int64_t* bq = NULL
