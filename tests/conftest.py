@@ -43,3 +43,14 @@ def engine(request: pytest.FixtureRequest) -> str:
 def Value(engine: str) -> type:  # noqa: N802 - it is a class, named as users name it
     """The Value class of the engine under test."""
     return engine_value_class(engine)
+
+
+@pytest.fixture
+def MLArray(engine: str) -> type:  # noqa: N802 - it is a class, named as users name it
+    """The MLArray class of the engine under test (``michigrad.array.array_class``)."""
+    from michigrad.array import array_class
+
+    try:
+        return array_class(engine)
+    except ImportError as exc:  # pragma: no cover - CI always builds the extension
+        pytest.fail(f"the {engine} engine has no array kernels: {exc}")

@@ -56,7 +56,7 @@ from .engine import ENGINE
 __all__ = [
     "MLArray", "MLArrayBase", "array_class", "zeros", "ones", "randn", "xavier_uniform",
     "xavier_normal", "he_normal", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "softmax",
-    "log_softmax",
+    "log_softmax", "dense",
 ]
 
 Number = Union[int, float]
@@ -408,12 +408,16 @@ class MLArrayBase:
         return type(self)._new(self._kernels.array_unary(op, self._store, self._flat(), c),
                                self.shape)
 
-    def _binary(self, op: str, a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
+    @staticmethod
+    def _broadcast(a: MLArrayBase, b: MLArrayBase) -> Shape:
         try:
-            shape = np.broadcast_shapes(a.shape, b.shape)
+            return tuple(np.broadcast_shapes(a.shape, b.shape))
         except ValueError:
             raise ValueError(f"operands could not be broadcast together with shapes {a.shape} "
                              f"{b.shape}") from None
+
+    def _binary(self, op: str, a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
+        shape = self._broadcast(a, b)
         ap = _positions(np.broadcast_to(a._index, shape))
         bp = _positions(np.broadcast_to(b._index, shape))
         return type(self)._new(self._kernels.array_binary(op, a._store, ap, b._store, bp), shape)
@@ -446,12 +450,15 @@ class MLArrayBase:
         b = self._operand(other)
         if b is None:
             return NotImplemented
+        self._broadcast(self, b)  # shapes first: no node is made for a doomed operation
         return self + b * -1
 
     def __rsub__(self, other: Any) -> MLArrayBase:  # Value's (-self) + other
-        if self._operand(other) is None:
+        b = self._operand(other)
+        if b is None:
             return NotImplemented
-        return (-self) + other
+        self._broadcast(self, b)
+        return (-self) + b
 
     def __truediv__(self, other: Any) -> MLArrayBase:
         x = _number_or_none(other)
@@ -460,12 +467,15 @@ class MLArrayBase:
         b = self._operand(other)
         if b is None:
             return NotImplemented
+        self._broadcast(self, b)
         return self * b**-1
 
     def __rtruediv__(self, other: Any) -> MLArrayBase:  # Value's self ** -1 * other
-        if self._operand(other) is None:
+        b = self._operand(other)
+        if b is None:
             return NotImplemented
-        return self**-1 * other
+        self._broadcast(self, b)
+        return self**-1 * b
 
     def __pow__(self, other: Any, modulo: None = None) -> MLArrayBase:
         if modulo is not None:
@@ -781,6 +791,41 @@ def _matmul(a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
                                     None, None)
     shape = batch + ((n,) if a.ndim > 1 else ()) + ((m,) if b.ndim > 1 else ())
     return type(a)._new(store, shape)
+
+
+def dense(x: Any, weight: MLArrayBase, bias: Optional[MLArrayBase] = None) -> MLArrayBase:
+    """A fully connected layer: ``out[..., j] = bias[j] + weight[j, 0]*x[..., 0] + ...``, with
+    x of shape (..., nin), weight (nout, nin), bias (nout,) or None; the result has shape
+    (..., nout). Each output element is one 'linear' node with children ``[bias[j],] weight[j],
+    x[i]`` -- exactly the node ``michigrad.linear(weight[j], x[i], bias[j])`` (a micrograd
+    Neuron's) makes, so the values are micrograd's to the last bit."""
+    if not isinstance(weight, MLArrayBase):
+        raise TypeError(f"dense: weight must be an MLArray, not {type(weight).__name__}")
+    x = _array(x, type(weight))
+    weight._check_engine(x)
+    weight._check_engine(bias)
+    if weight.ndim != 2:
+        raise ValueError(f"dense: weight must be 2-D (nout, nin), not of shape {weight.shape}")
+    nout, nin = weight.shape
+    if x.ndim == 0 or x.shape[-1] != nin:
+        raise ValueError(f"dense: input of shape {x.shape} does not end in the {nin} features "
+                         f"of a weight of shape {weight.shape}")
+    if bias is not None and (not isinstance(bias, MLArrayBase) or bias.shape != (nout,)):
+        what = bias.shape if isinstance(bias, MLArrayBase) else type(bias).__name__
+        raise ValueError(f"dense: bias must be an MLArray of shape ({nout},), not {what}")
+    batch = x.shape[:-1]
+    n = int(np.prod(batch, dtype=np.int64))
+    full = (n, nout, nin)
+    w_pos = np.broadcast_to(weight._index[None, :, :], full).reshape((n * nout, nin))
+    x_pos = np.broadcast_to(x._index.reshape((n, nin))[:, None, :], full).reshape((n * nout, nin))
+    b_store, b_pos = None, None
+    if bias is not None:
+        b_store = bias._store
+        b_pos = _positions(np.broadcast_to(bias._index[None, :], (n, nout)))
+    store = weight._kernels.array_linear(
+        weight._store, np.ascontiguousarray(w_pos, dtype=np.int64),
+        x._store, np.ascontiguousarray(x_pos, dtype=np.int64), b_store, b_pos)
+    return type(weight)._new(store, batch + (nout,))
 
 
 # ==================================================================== one class per engine

@@ -6,6 +6,11 @@ lists of them -- and returns a Value: the mean over the elements by default, the
 micrograd's ``sum(losses) * (1.0 / len(losses))``, so ``hinge_loss`` reproduces micrograd's demo
 loss to the last bit.
 
+Every function also takes ``MLArray`` input (``michigrad.array``) with a target of the same shape
+(an MLArray, or numbers: nested lists or a numpy array): the losses are then array operations (a
+kernel call each, not a node at a time), ``reduction="none"`` gives an MLArray, and the mean or sum
+is the Value of a 0-d array -- the same numbers as the scalar form computes element by element.
+
 Each loss is built from the engine's own ops, so its gradient is exact and ``backward()`` runs in
 the compiled core; where the textbook formula overflows (``exp`` of a large logit) the graph is
 chosen from the sign of the input so that no intermediate can. The class forms (``MSELoss()``,
@@ -92,6 +97,9 @@ def mse_loss(input: Nested, target: Nested, reduction: str = ...) -> Value | lis
 def mse_loss(input: Nested, target: Nested, reduction: str = "mean") -> Any:
     """Mean squared error: ``(input - target)**2``."""
     _check_reduction(reduction)
+    if _is_array(input) or _is_array(target):
+        x, t = _array_pair(input, target, "mse_loss")
+        return _array_reduce((x - t) ** 2, reduction)
     return _reduce([(_value(x) - y) ** 2 for x, y in _pairs(input, target, "mse_loss")], reduction)
 
 
@@ -106,6 +114,9 @@ def l1_loss(input: Nested, target: Nested, reduction: str = ...) -> Value | list
 def l1_loss(input: Nested, target: Nested, reduction: str = "mean") -> Any:
     """Mean absolute error: ``|input - target|`` (gradient sign(input - target), 0 at 0)."""
     _check_reduction(reduction)
+    if _is_array(input) or _is_array(target):
+        x, t = _array_pair(input, target, "l1_loss")
+        return _array_reduce((x - t).abs(), reduction)
     return _reduce([(_value(x) - y).abs() for x, y in _pairs(input, target, "l1_loss")], reduction)
 
 
@@ -127,6 +138,9 @@ def huber_loss(input: Nested, target: Nested, reduction: str = "mean",
     _check_reduction(reduction)
     if not delta > 0:
         raise ValueError(f"huber_loss: delta must be positive, not {delta}")
+    if _is_array(input) or _is_array(target):
+        x, t = _array_pair(input, target, "huber_loss")
+        return _array_reduce(_array_huber(x - t, delta), reduction)
     losses = []
     for x, y in _pairs(input, target, "huber_loss"):
         d = _value(x) - y
@@ -153,6 +167,9 @@ def hinge_loss(input: Nested, target: Nested, reduction: str = "mean",
     micrograd's demo writes it (``(1 + -yi*scorei).relu()``, the int 1 included), so the
     numbers -- and their int/float types -- are identical."""
     _check_reduction(reduction)
+    if _is_array(input) or _is_array(target):
+        s, y = _array_pair(input, target, "hinge_loss")
+        return _array_reduce((margin + -y * s).relu(), reduction)
     return _reduce([(margin + -y * _value(s)).relu()
                     for s, y in _pairs(input, target, "hinge_loss")], reduction)
 
@@ -162,7 +179,7 @@ def _log_clamped(p: Value) -> Value:
     Below the clamp the gradient is 1/max(p, 1e-12), as torch's, so training can recover."""
     if p.data > _LOG_FLOOR_INPUT:
         return p.log()
-    out = Value(_LOG_FLOOR, (p,), "log")
+    out = type(p)(_LOG_FLOOR, (p,), "log")
 
     def _backward() -> None:
         p.grad += out.grad / max(p.data, 1e-12)
@@ -185,6 +202,8 @@ def binary_cross_entropy(input: Nested, target: Nested,
     ``-(t*log(p) + (1-t)*log(1-p))``, each log clamped at -100 as in PyTorch. For raw scores
     prefer ``binary_cross_entropy_with_logits`` (stable for any logit)."""
     _check_reduction(reduction)
+    if _is_array(input) or _is_array(target):
+        return _array_reduce(_array_bce(input, target), reduction)
     losses = []
     for p, t in _pairs(input, target, "binary_cross_entropy"):
         p = _value(p)
@@ -221,6 +240,9 @@ def binary_cross_entropy_with_logits(input: Nested, target: Nested,
     """Binary cross-entropy from logits (raw scores): ``softplus(z) - t*z``, which equals
     ``BCE(sigmoid(z), t)`` and is finite for any logit (``±1000`` included)."""
     _check_reduction(reduction)
+    if _is_array(input) or _is_array(target):
+        z, t = _array_pair(input, target, "binary_cross_entropy_with_logits")
+        return _array_reduce(_array_softplus(z) - t * z, reduction)
     losses = []
     for z, t in _pairs(input, target, "binary_cross_entropy_with_logits"):
         z = _value(z)
@@ -261,8 +283,13 @@ def cross_entropy(input: Sequence[Any], target: Any, reduction: str = "mean") ->
 
     ``input`` is one sample's logits (a list of Values) with ``target`` a class index, or a batch
     (a list of such lists) with a list of class indices. A target may also be a list of class
-    probabilities. Computed max-subtracted (log-sum-exp), so any logits are safe."""
+    probabilities. Computed max-subtracted (log-sum-exp), so any logits are safe.
+
+    An ``MLArray`` input is one sample's logits ``(C,)`` or a batch ``(N, C)``; the target is
+    then a class index (a sequence of N of them) or class probabilities of the input's shape."""
     _check_reduction(reduction)
+    if _is_array(input):
+        return _array_reduce(_array_cross_entropy(input, target), reduction)
     if len(input) == 0:
         raise ValueError("cross_entropy: empty input")
     if _is_scalar(input[0]):  # one sample
@@ -270,6 +297,140 @@ def cross_entropy(input: Sequence[Any], target: Any, reduction: str = "mean") ->
     if _is_scalar(target) or len(target) != len(input):
         raise ValueError(f"cross_entropy: {len(input)} samples need {len(input)} targets")
     return _reduce([_cross_entropy_one(z, t) for z, t in zip(input, target)], reduction)
+
+
+# ============================================================================ MLArray inputs
+# The same graphs as the scalar forms above, built an array operation at a time. Where the
+# scalar form picks a graph per element (huber, softplus, the clamped log), the array form builds
+# each graph on the elements that need it and assembles the result with __setitem__.
+
+
+def _is_array(x: Any) -> bool:
+    return getattr(type(x), "_michigrad_array", False)
+
+
+def _array_pair(input: Any, target: Any, name: str) -> tuple[Any, Any]:
+    """input and target as MLArrays of one engine and one shape (numbers become constants)."""
+    cls = type(input) if _is_array(input) else type(target)
+    x = input if _is_array(input) else cls(input)
+    t = target if _is_array(target) else cls(target)
+    if x.shape != t.shape:
+        raise ValueError(f"{name}: input has shape {x.shape} but target {t.shape}")
+    if x.size() == 0:
+        raise ValueError(f"{name}: empty input")
+    return x, t
+
+
+def _array_reduce(losses: Any, reduction: str) -> Any:
+    """The mean or sum (a Value: micrograd's ``sum(losses) * (1.0 / n)``), or the MLArray."""
+    _check_reduction(reduction)
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    if reduction == "mean":
+        total = total * (1.0 / losses.size())
+    return total[()]
+
+
+def _where(mask: Any, shape: tuple[int, ...], cls: type, branch: Any, other: Any) -> Any:
+    """An array of this shape whose elements are branch(selected) where mask holds and
+    other(rest) elsewhere; each function sees (and builds nodes for) only its own elements."""
+    out = cls.zeros(shape)  # placeholders: every slot is re-pointed below
+    if mask.any():
+        out[mask] = branch(mask)
+    if not mask.all():
+        out[~mask] = other(~mask)
+    return out
+
+
+def _array_huber(d: Any, delta: float) -> Any:
+    small = abs(d.to_numpy()) < delta
+    return _where(small, d.shape, type(d), lambda m: 0.5 * d[m] ** 2,
+                  lambda m: delta * (d[m].abs() - 0.5 * delta))
+
+
+def _array_log_clamped(p: Any) -> Any:
+    """_log_clamped on each element: p.log() where p > e**-100, the clamped node elsewhere."""
+    def clamped(mask: Any) -> Any:
+        out = p[mask]
+        for i in range(len(out)):
+            out[i] = _log_clamped(out[i])
+        return out
+
+    return _where(p.to_numpy() > _LOG_FLOOR_INPUT, p.shape, type(p),
+                  lambda m: p[m].log(), clamped)
+
+
+def _array_bce(input: Any, target: Any) -> Any:
+    import numpy as np  # only MLArray inputs get here, and they need numpy
+
+    p, t = _array_pair(input, target, "binary_cross_entropy")
+    data = p.to_numpy()
+    bad = data[~((data >= 0.0) & (data <= 1.0))]
+    if bad.size:
+        raise ValueError(f"binary_cross_entropy: input must be in [0, 1], got {bad[0]}")
+    if _is_array(target):  # Values: the full formula everywhere, as the scalar form
+        ones = zeros = np.zeros(p.shape, dtype=bool)
+    else:  # numbers: skip a term that is 0 * log(...)
+        ones, zeros = t.to_numpy() == 1, t.to_numpy() == 0
+    rest = ~(ones | zeros)
+    out = type(p).zeros(p.shape)
+    if ones.any():
+        out[ones] = -_array_log_clamped(p[ones])
+    if zeros.any():
+        out[zeros] = -_array_log_clamped(1 - p[zeros])
+    if rest.any():
+        pr, tr = p[rest], t[rest]
+        out[rest] = -(tr * _array_log_clamped(pr) + (1 - tr) * _array_log_clamped(1 - pr))
+    return out
+
+
+def _array_softplus(z: Any) -> Any:
+    return _where(z.to_numpy() >= 0, z.shape, type(z),
+                  lambda m: z[m] + (1 + (-z[m]).exp()).log(),
+                  lambda m: (1 + z[m].exp()).log())
+
+
+def _is_class_index(k: Any, c: int) -> bool:
+    return (isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k)
+            and int(k) == k and 0 <= k < c)
+
+
+def _array_cross_entropy(input: Any, target: Any) -> Any:
+    """Per-sample losses (shape (N,), or () for one sample), as _cross_entropy_one makes them."""
+    import numpy as np  # only MLArray inputs get here, and they need numpy
+
+    cls = type(input)
+    if input.ndim not in (1, 2):
+        raise ValueError(f"cross_entropy: logits must be (C,) or (N, C), not {input.shape}")
+    single = input.ndim == 1
+    z = input.reshape(1, -1) if single else input
+    n, c = z.shape
+    if n == 0:
+        raise ValueError("cross_entropy: empty input")
+    if c == 0:
+        raise ValueError("cross_entropy: empty logits")
+    m = z.to_numpy().max(axis=1, keepdims=True)
+    shifted = z + cls._from_floats(-m, m.shape)  # z - m, m a constant
+    log_sum = shifted.exp().sum(axis=1).log()
+    t = target if _is_array(target) else np.asarray(target)
+    if t.ndim == input.ndim:  # class probabilities: -Σ pᵢ log softmaxᵢ
+        if t.shape != input.shape:
+            raise ValueError(f"cross_entropy: class probabilities must have the input's shape "
+                             f"{input.shape}, not {t.shape}")
+        probs = (t if _is_array(t) else cls(t)).reshape(z.shape)
+        losses = (probs * (log_sum.reshape(n, 1) - shifted)).sum(axis=1)
+    elif t.ndim == input.ndim - 1 and (single or t.shape == (n,)):
+        classes = (t.to_list() if _is_array(t) else t.tolist())
+        ks = []
+        for k in (classes if isinstance(classes, list) else [classes]):
+            if not _is_class_index(k, c):
+                raise ValueError(f"cross_entropy: target class {k!r} is not in 0..{c - 1}")
+            ks.append(int(k))
+        losses = log_sum - shifted[np.arange(n), np.array(ks, dtype=np.int64)]
+    else:
+        raise ValueError(f"cross_entropy: {n} samples need {n} targets")
+    return losses.reshape(()) if single else losses
 
 
 # =========================================================================== the class forms

@@ -26,7 +26,7 @@ from .engine import Value, linear
 
 __all__ = [
     "Module", "Neuron", "Layer", "MLP", "Linear", "ReLU", "Tanh", "Sigmoid", "Sequential", "Model",
-    "neuron_sum",
+    "Dense", "neuron_sum",
 ]
 
 # A "tensor" of parameters: a Value, or a (nested) list of them.
@@ -320,8 +320,11 @@ class Linear(Layer):
 
 
 class _Activation(Module):
-    """An activation applied to each output of the previous layer (a Value or a list of them).
-    The optional size (``Tanh(3)``) is checked against the input."""
+    """An activation applied to each output of the previous layer (a Value, a list of them or
+    an MLArray). The optional size (``Tanh(3)``) is checked against the input (an MLArray's
+    last dimension)."""
+
+    _array_method = ""  # the MLArray method of this activation
 
     def __init__(self, size: int | None = None) -> None:
         self.size = size
@@ -329,7 +332,11 @@ class _Activation(Module):
     def _apply(self, v: Value) -> Value:
         raise NotImplementedError
 
-    def __call__(self, x: Any) -> Any:  # the shape of x: a Value or a list
+    def __call__(self, x: Any) -> Any:  # the shape of x: a Value, a list or an MLArray
+        if getattr(type(x), "_michigrad_array", False):  # an MLArray: one kernel call
+            if self.size is not None and (x.ndim == 0 or x.shape[-1] != self.size):
+                raise ValueError(f"{self!r} expects {self.size} inputs, got shape {x.shape}")
+            return getattr(x, self._array_method)()
         if isinstance(x, Value) or not hasattr(x, "__iter__"):
             if self.size not in (None, 1):
                 raise ValueError(f"{self!r} expects {self.size} inputs, got 1")
@@ -346,6 +353,8 @@ class _Activation(Module):
 class ReLU(_Activation):
     """max(0, x) on each input."""
 
+    _array_method = "relu"
+
     def _apply(self, v: Value) -> Value:
         return v.relu()
 
@@ -353,12 +362,16 @@ class ReLU(_Activation):
 class Tanh(_Activation):
     """tanh(x) on each input."""
 
+    _array_method = "tanh"
+
     def _apply(self, v: Value) -> Value:
         return v.tanh()
 
 
 class Sigmoid(_Activation):
     """1 / (1 + e⁻ˣ) on each input."""
+
+    _array_method = "sigmoid"
 
     def _apply(self, v: Value) -> Value:
         return v.sigmoid()
@@ -410,3 +423,70 @@ class Sequential(Module):
 
 
 Model = Sequential  # the course's name for it
+
+
+# ============================================================ a layer over N-d arrays (issue #5)
+
+_DENSE_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu")
+
+
+class Dense(Module):
+    """A fully connected layer over ``MLArray`` batches: ``(N, nin) -> (N, nout)`` (any leading
+    batch dimensions; a single ``(nin,)`` sample gives ``(nout,)``), with an optional activation
+    (``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"leaky_relu"``, ``"elu"`` or a function of an
+    MLArray).
+
+    ``weight`` is an ``(nout, nin)`` MLArray (row j: output j's weights, as in ``torch.nn.Linear``)
+    drawn as micrograd draws a layer (``random.uniform(-1, 1)``, output by output), ``bias`` an
+    ``(nout,)`` MLArray of micrograd's ``Value(0)``. So with the same seed ``Dense(nin, nout)``
+    computes exactly what ``Linear(nin, nout)`` computes, but a whole batch is one kernel call:
+    each output element is one 'linear' node (``michigrad.array.dense``). Its parameters are the
+    element Values, so ``michigrad.optim`` optimisers, ``state_dict()`` and ``save()`` work
+    unchanged; it composes in ``Sequential`` with other Dense layers and the activation layers.
+    Needs numpy (the ``array`` extra).
+    """
+
+    def __init__(self, nin: int, nout: int, activation: Any = None, bias: bool = True) -> None:
+        from .array import MLArray  # numpy, imported on first use
+
+        if activation is not None and not callable(activation) and \
+                activation not in _DENSE_ACTIVATIONS:
+            raise ValueError(f"Dense: activation must be None, a function or one of "
+                             f"{_DENSE_ACTIVATIONS}, not {activation!r}")
+        if nin < 0 or nout < 0:
+            raise ValueError(f"Dense: sizes must be non-negative, not ({nin}, {nout})")
+        self.nin, self.nout = nin, nout
+        self.activation = activation
+        rows = [[random.uniform(-1, 1) for _ in range(nin)] for _ in range(nout)]
+        self.weight = MLArray(rows) if nout else MLArray.zeros(0, nin)
+        self.bias = MLArray([0] * nout) if bias else None
+
+    def __call__(self, x: Any) -> Any:  # an MLArray
+        from .array import dense
+
+        if not getattr(type(x), "_michigrad_array", False):
+            x = type(self.weight)(x)
+        if x.ndim == 0 or x.shape[-1] != self.nin:
+            raise ValueError(f"{self!r} expects inputs of shape (..., {self.nin}), got {x.shape}")
+        out = dense(x, self.weight, self.bias)
+        if self.activation is None:
+            return out
+        if callable(self.activation):
+            return self.activation(out)
+        return getattr(out, self.activation)()
+
+    def parameters(self) -> list[Value]:
+        params = self.weight.values()
+        return params + self.bias.values() if self.bias is not None else params
+
+    def _named_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        # the element Values as nested lists: state_dict(), load_state_dict() and save() work
+        # on them as on any other module's tensors
+        yield "weight", self.weight.data
+        if self.bias is not None:
+            yield "bias", self.bias.data
+
+    def __repr__(self) -> str:
+        act = self.activation
+        act_repr = "" if act is None else f", activation={getattr(act, '__name__', act)!r}"
+        return f"Dense({self.nin}, {self.nout}{act_repr}{'' if self.bias is not None else ', bias=False'})"
