@@ -123,8 +123,8 @@ cdef inline bint format_is(const char* fmt, const char* codes) noexcept:
 
 
 cdef _ArrayArg array_arg(object obj, int kind, int ndim, str what):
-    """obj as a C-contiguous numpy array of `kind` with `ndim` dimensions, else TypeError (wrong
-    type, dtype or layout) or ValueError (wrong number of dimensions)."""
+    """obj as a C-contiguous numpy array of `kind` with `ndim` dimensions, else TypeError (not
+    an array, wrong dtype) or ValueError (wrong number of dimensions, not C-contiguous)."""
     cdef _ArrayArg arg = _ArrayArg.__new__(_ArrayArg)
     cdef str dtype = ("int64", "float64", "bool")[kind]
     if not PyObject_CheckBuffer(obj):
@@ -141,11 +141,10 @@ cdef _ArrayArg array_arg(object obj, int kind, int ndim, str what):
     if not ok:
         raise TypeError(f"{what} must be an array of dtype {dtype}, not one of format "
                         f"{(<bytes>arg.view.format).decode('ascii', 'replace')!r}")
-    if not PyBuffer_IsContiguous(&arg.view, b'C'):
-        raise TypeError(f"{what} must be C-contiguous (np.ascontiguousarray)")
     if arg.view.ndim != ndim:
-        raise ValueError(f"{what} must have {ndim} dimension{'s' if ndim > 1 else ''}, "
-                         f"not {arg.view.ndim}")
+        raise ValueError(f"{what} must be {ndim}-D, not {arg.view.ndim}-D")
+    if not PyBuffer_IsContiguous(&arg.view, b'C'):
+        raise ValueError(f"{what} must be C-contiguous (np.ascontiguousarray)")
     arg.n = arg.view.shape[0]
     arg.k = arg.view.shape[1] if ndim == 2 else 1
     return arg
@@ -185,7 +184,8 @@ cdef int32_t slot_node(NodeStore store, object slot) except -1:
 
 def array_from_numbers(data, is_int=None):
     """A store of new leaves, one per number of `data` (float64, 1-D); where is_int[k] (bool,
-    1-D) the leaf holds a Python int, as Value(1) does (a float beyond 2**53 stays a float)."""
+    1-D) and data[k] is an integer a double holds exactly (|x| < 2**53), the leaf holds a
+    Python int, as Value(1) does; otherwise the float."""
     cdef _ArrayArg values = array_arg(data, ARG_FLOAT64, 1, "data")
     cdef _ArrayArg flags = None
     cdef Py_ssize_t n = values.n, k
@@ -195,16 +195,12 @@ def array_from_numbers(data, is_int=None):
         flags = array_arg(is_int, ARG_BOOL, 1, "is_int")
         same_length(n, flags.n, "array_from_numbers: data and is_int")
         ints = <const char*>flags.view.buf
-        for k in range(n):
-            if ints[k] and isfinite(x[k]) and x[k] != floor(x[k]):
-                raise ValueError(f"array_from_numbers: is_int[{k}] but data[{k}] = {x[k]!r} "
-                                 "is not an integer")
     cdef NodeStore out = new_store(n)
     reserve(<int32_t>n)
     cdef int32_t i
     cdef bint as_int
     for k in range(n):
-        as_int = ints != NULL and ints[k] and fits_int(x[k])
+        as_int = ints != NULL and ints[k] and fits_int(x[k]) and x[k] == floor(x[k])
         i = new_node(x[k] + 0.0 if as_int else x[k], int_flag(as_int), OP_LEAF, -1, -1)
         A.nodes[i].refcnt = 1
         out.slots[k] = i
@@ -377,29 +373,76 @@ cdef Result* results_buffer(Py_ssize_t n) except NULL:
     return out
 
 
-cdef NodeStore store_results(Result* res, Py_ssize_t n, uint16_t op, NodeStore a,
-                             const int64_t* a_pos, NodeStore b, const int64_t* b_pos,
-                             double c, bint c_int):
-    """One node per result: op over a's node at a_pos[k] (and b's at b_pos[k]); c is the op
-    constant of '**c', 'leaky_relu' and 'elu'. Cannot fail after its allocations."""
-    cdef NodeStore out = new_store(n)
-    reserve(<int32_t>n)
+cdef inline bint may_fail(uint16_t op) noexcept nogil:
+    """Ops whose forward can raise (exp, log, the powers): their values are all computed and
+    checked before the first node is made. The others are computed as each node is made."""
+    return op == OP_EXP or op == OP_LOG or op == OP_POWC or op == OP_POW
+
+
+cdef inline void load_operands(Node* nodes, int32_t i, int32_t j, double c, bint c_int,
+                               double* x, bint* xi, double* y, bint* yi) noexcept nogil:
+    """op_forward's operands: node i's data, and node j's data (j >= 0) or the op constant c."""
+    x[0] = nodes[i].data
+    xi[0] = (nodes[i].flags & F_DATA_INT) != 0
+    if j >= 0:
+        y[0] = nodes[j].data
+        yi[0] = (nodes[j].flags & F_DATA_INT) != 0
+    else:
+        y[0] = c
+        yi[0] = c_int
+
+
+cdef NodeStore elementwise(uint16_t op, NodeStore a, const int64_t* a_pos, NodeStore b,
+                           const int64_t* b_pos, Py_ssize_t n, double c, bint c_int):
+    """One node `op` per k, over a's node at a_pos[k] and b's at b_pos[k] (b None: a unary op;
+    c is the op constant of '**c', 'leaky_relu' and 'elu'), each exactly the node the scalar
+    operator makes. A forward error raises before any node is made."""
     cdef Node* nodes = A.nodes
-    cdef Node* node
+    cdef Result* res = NULL
+    cdef int32_t* b_slots = b.slots if b is not None else NULL
+    cdef double x, y, r
+    cdef bint xi, yi, ri
+    cdef int error
+    cdef int32_t i, j = -1
     cdef Py_ssize_t k
-    cdef int32_t i
+    cdef NodeStore out
+    try:
+        if may_fail(op):
+            res = results_buffer(n)
+            for k in range(n):
+                if b_slots != NULL:
+                    j = b_slots[b_pos[k]]
+                load_operands(nodes, a.slots[a_pos[k]], j, c, c_int, &x, &xi, &y, &yi)
+                error = op_forward(op, x, xi, y, yi, &res[k].data, &res[k].is_int)
+                if error:
+                    raise_forward_error(error, op, x, xi, y, yi)
+        out = new_store(n)
+        reserve(<int32_t>n)
+    except BaseException:
+        free(res)
+        raise
+    nodes = A.nodes  # reserve may have moved the arena
     cdef bint has_aux = op == OP_POWC or op == OP_LEAKY_RELU or op == OP_ELU
     cdef uint16_t aux_flag = F_AUX_INT if c_int else 0
-    for k in range(n):
-        i = new_node(res[k].data, int_flag(res[k].is_int), op, a.slots[a_pos[k]],
-                     b.slots[b_pos[k]] if b is not None else -1)
-        node = &nodes[i]
+    cdef Node* node
+    for k in range(n):  # nothing below can fail
+        i = a.slots[a_pos[k]]
+        if b_slots != NULL:
+            j = b_slots[b_pos[k]]
+        if res != NULL:
+            r = res[k].data
+            ri = res[k].is_int
+        else:
+            load_operands(nodes, i, j, c, c_int, &x, &xi, &y, &yi)
+            op_forward(op, x, xi, y, yi, &r, &ri)
+        node = &nodes[new_node(r, int_flag(ri), op, i, j)]
         node.refcnt = 1
         if has_aux:
             node.aux = c
             node.flags |= aux_flag
-        out.slots[k] = i
+        out.slots[k] = <int32_t>(node - nodes)
     out.n = n
+    free(res)
     return out
 
 
@@ -407,29 +450,13 @@ def array_unary(op, NodeStore store not None, pos, c=0.0):
     """One new node per position: op in exp, log, tanh, relu, sigmoid, abs, powc (x ** c, as
     Value's `x ** c`: pass an int c for int semantics), leaky_relu (slope c), elu (alpha c)."""
     cdef uint16_t code = op_code(UNARY_OPS, op, "array_unary")
-    cdef double cv, x
-    cdef bint ci, xi
+    cdef double cv
+    cdef bint ci
     require_number(c, &cv, &ci, "array_unary: c")
     if code != OP_POWC and code != OP_LEAKY_RELU and code != OP_ELU:
         cv, ci = 0.0, False  # no op constant: the node is exactly Value's
     cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
-    cdef const int64_t* q = pos_of(p)
-    cdef Py_ssize_t k, n = p.n
-    cdef Result* res = results_buffer(n)
-    cdef Node* nodes = A.nodes
-    cdef Node* a
-    cdef int error = FWD_OK
-    try:
-        for k in range(n):  # every value first: a forward error leaves no node behind
-            a = &nodes[store.slots[q[k]]]
-            x = a.data
-            xi = (a.flags & F_DATA_INT) != 0
-            error = op_forward(code, x, xi, cv, ci, &res[k].data, &res[k].is_int)
-            if error:
-                raise_forward_error(error, code, x, xi, cv, ci)
-        return store_results(res, n, code, store, q, None, NULL, cv, ci)
-    finally:
-        free(res)
+    return elementwise(code, store, pos_of(p), None, NULL, p.n, cv, ci)
 
 
 def array_binary(op, NodeStore a not None, a_pos, NodeStore b not None, b_pos):
@@ -438,27 +465,7 @@ def array_binary(op, NodeStore a not None, a_pos, NodeStore b not None, b_pos):
     cdef _ArrayArg p = positions_arg(a_pos, a, 1, "a_pos")
     cdef _ArrayArg r = positions_arg(b_pos, b, 1, "b_pos")
     same_length(p.n, r.n, "array_binary: a_pos and b_pos")
-    cdef const int64_t* q = pos_of(p)
-    cdef const int64_t* s = pos_of(r)
-    cdef Py_ssize_t k, n = p.n
-    cdef Result* res = results_buffer(n)
-    cdef Node* nodes = A.nodes
-    cdef Node* x
-    cdef Node* y
-    cdef int error = FWD_OK
-    cdef bint xi, yi
-    try:
-        for k in range(n):
-            x = &nodes[a.slots[q[k]]]
-            y = &nodes[b.slots[s[k]]]
-            xi = (x.flags & F_DATA_INT) != 0
-            yi = (y.flags & F_DATA_INT) != 0
-            error = op_forward(code, x.data, xi, y.data, yi, &res[k].data, &res[k].is_int)
-            if error:
-                raise_forward_error(error, code, x.data, xi, y.data, yi)
-        return store_results(res, n, code, a, q, b, s, 0.0, False)
-    finally:
-        free(res)
+    return elementwise(code, a, pos_of(p), b, pos_of(r), p.n, 0.0, False)
 
 
 cdef inline int32_t* kids_buffer(int32_t nkids, int32_t* pair) noexcept nogil:
@@ -487,7 +494,7 @@ def array_linear(NodeStore w not None, w_pos, NodeStore x not None, x_pos, bias=
         raise ValueError(f"array_linear: w_pos has shape ({wp.n}, {wp.k}) but x_pos "
                          f"({xp.n}, {xp.k})")
     if (bias is None) != (b_pos is None):
-        raise TypeError("array_linear: give both bias and b_pos, or neither")
+        raise ValueError("array_linear: give both bias and b_pos, or neither")
     cdef NodeStore b = None
     cdef _ArrayArg bp = None
     cdef const int64_t* bq = NULL
