@@ -460,6 +460,7 @@ class Dense(Module):
         rows = [[random.uniform(-1, 1) for _ in range(nin)] for _ in range(nout)]
         self.weight = MLArray(rows) if nout else MLArray.zeros(0, nin)
         self.bias = MLArray([0] * nout) if bias else None
+        self._tensors: dict[str, tuple[Any, list[Value], Any]] = {}
 
     def __call__(self, x: Any) -> Any:  # an MLArray
         from .array import dense
@@ -482,9 +483,21 @@ class Dense(Module):
     def _named_tensors(self) -> Iterator[tuple[str, Tensor]]:
         # the element Values as nested lists: state_dict(), load_state_dict() and save() work
         # on them as on any other module's tensors
-        yield "weight", self.weight.data
+        yield "weight", self._tensor("weight")
         if self.bias is not None:
-            yield "bias", self.bias.data
+            yield "bias", self._tensor("bias")
+
+    def _tensor(self, name: str) -> Tensor:
+        """The array's Values as nested lists: one list object while the array holds the same
+        nodes, because named_tensors() tells tensors apart (a module used twice) by identity."""
+        arr = getattr(self, name)
+        values = arr.values()
+        cached = self._tensors.get(name)
+        if cached is None or cached[0] is not arr or len(cached[1]) != len(values) or \
+                any(a is not b for a, b in zip(cached[1], values)):
+            cached = (arr, values, arr.data)
+            self._tensors[name] = cached
+        return cast(Tensor, cached[2])
 
     def __repr__(self) -> str:
         act = self.activation
