@@ -657,9 +657,10 @@ class MLArrayBase:
 
     def transpose(self, *axes: Any) -> MLArrayBase:
         """The axes permuted (reversed by default); a view."""
+        perm: Any = axes
         if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
-            axes = axes[0]
-        return type(self)._wrap(self._store, np.transpose(self._index, axes or None))
+            perm = axes[0]
+        return type(self)._wrap(self._store, np.transpose(self._index, perm or None))
 
     @property
     def T(self) -> MLArrayBase:  # noqa: N802 - NumPy's name

@@ -332,7 +332,7 @@ def _array_reduce(losses: Any, reduction: str) -> Any:
     return total[()]
 
 
-def _where(mask: Any, shape: tuple[int, ...], cls: type, branch: Any, other: Any) -> Any:
+def _where(mask: Any, shape: tuple[int, ...], cls: Any, branch: Any, other: Any) -> Any:
     """An array of this shape whose elements are branch(selected) where mask holds and
     other(rest) elsewhere; each function sees (and builds nodes for) only its own elements."""
     out = cls.zeros(shape)  # placeholders: every slot is re-pointed below
@@ -413,7 +413,7 @@ def _array_cross_entropy(input: Any, target: Any) -> Any:
     m = z.to_numpy().max(axis=1, keepdims=True)
     shifted = z + cls._from_floats(-m, m.shape)  # z - m, m a constant
     log_sum = shifted.exp().sum(axis=1).log()
-    t = target if _is_array(target) else np.asarray(target)
+    t: Any = target if _is_array(target) else np.asarray(target)
     if t.ndim == input.ndim:  # class probabilities: -Σ pᵢ log softmaxᵢ
         if t.shape != input.shape:
             raise ValueError(f"cross_entropy: class probabilities must have the input's shape "
