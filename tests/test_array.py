@@ -168,6 +168,10 @@ def test_to_numpy_repr_and_data(MLArray, Value):
     assert isinstance(MLArray(1.0).data, Value)
     assert [v.data for v in a.values()] == [1, 2.5, 3, 4]
     assert "..." in repr(MLArray.zeros(2000))  # NumPy's summarisation of large arrays
+    assert f"{MLArray([[2.5]]):.3f}" == "2.500" and f"{MLArray(3)}" == "3"
+    assert f"{a}" == r
+    with pytest.raises(TypeError, match="format"):
+        f"{a:.2f}"
 
 
 def test_no_elementwise_comparison_or_hash_surprises(MLArray):

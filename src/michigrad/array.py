@@ -154,6 +154,8 @@ class MLArrayBase:
     @classmethod
     def _from_numbers(cls, numbers: list[Any], shape: Shape) -> MLArrayBase:
         """New leaves holding these numbers (coerced as Value coerces: ints stay ints)."""
+        if all(type(x) is float for x in numbers):  # the common case: no coercion to do
+            return cls._from_floats(np.array(numbers, dtype=np.float64), shape)
         nums = [cls._number(x) for x in numbers]
         data = np.array(nums, dtype=np.float64).reshape(-1)
         is_int = np.array([type(x) is int for x in nums], dtype=np.bool_).reshape(-1)
@@ -708,6 +710,15 @@ class MLArrayBase:
         return f"MLArray(shape={self.shape},\ndata={body})"
 
     __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        """A one-element array formats as its number (``f"{loss:.4f}"``), as NumPy's do."""
+        if self._index.size == 1:
+            return format(self.item(), spec)
+        if spec:
+            raise TypeError(f"unsupported format string passed to MLArray.__format__: {spec!r} "
+                            f"(an array of shape {self.shape})")
+        return str(self)
 
     def __reduce__(self) -> Any:
         raise TypeError("an MLArray cannot be pickled (its nodes live in the engine); pickle "
