@@ -593,3 +593,15 @@ def test_a_million_element_op_works(engine):
     data = np.linspace(-2, 2, n)
     assert K.array_numbers(total, pos(0))[0] == pytest.approx(float(np.sum(data * data)), rel=1e-12)
     np.testing.assert_array_equal(K.array_grad(store, arange(n)), 2 * data)
+
+
+def test_show_graph_draws_array_nodes(K):
+    from michigrad.visualize import show_graph, trace
+
+    store = numbers(K, [1.0, -2.0, 3.0])
+    act = K.array_unary("leaky_relu", store, arange(3), 0.1)
+    top = K.array_value(K.array_reduce("max", act, pos([0, 1, 2])), 0)
+    nodes, edges = trace(top)
+    assert len(nodes) == 7 and len(edges) == 6
+    source = show_graph(top).source
+    assert "max" in source and source.count("leaky_relu") == 3
