@@ -11,6 +11,7 @@
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_STRIDES, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport calloc
 
 cdef object _numpy = None
 
@@ -468,15 +469,55 @@ def array_binary(op, NodeStore a not None, a_pos, NodeStore b not None, b_pos):
     return elementwise(code, a, pos_of(p), b, pos_of(r), p.n, 0.0, False)
 
 
-cdef inline int32_t* kids_buffer(int32_t nkids, int32_t* pair) noexcept nogil:
-    """Where a new node's children go: `pair` for up to two, else a malloc'd array that the
-    node will own (NULL when out of memory)."""
-    return <int32_t*>malloc(<size_t>nkids * sizeof(int32_t)) if nkids > 2 else pair
+cdef int32_t** children_arrays(Py_ssize_t n, int32_t nkids) except NULL:
+    """n malloc'd arrays of nkids children (nkids > 2), each to be owned by one new node: all
+    allocated before the first node is made, so that nothing can fail once nodes are."""
+    cdef int32_t** arrays = <int32_t**>calloc(<size_t>(n if n > 0 else 1), sizeof(int32_t*))
+    cdef Py_ssize_t r
+    if arrays == NULL:
+        raise MemoryError("michigrad: out of memory for the children of new nodes")
+    for r in range(n):
+        arrays[r] = <int32_t*>malloc(<size_t>nkids * sizeof(int32_t))
+        if arrays[r] == NULL:
+            free_children_arrays(arrays, n)
+            raise MemoryError("michigrad: out of memory for the children of new nodes")
+    return arrays
+
+
+cdef void free_children_arrays(int32_t** arrays, Py_ssize_t n) noexcept:
+    """Free what children_arrays made (entries already handed to a node are NULL)."""
+    cdef Py_ssize_t r
+    if arrays != NULL:
+        for r in range(n):
+            free(arrays[r])
+        free(arrays)
+
+
+cdef void add_references(NodeStore s, const int64_t* pos, Py_ssize_t total) noexcept:
+    """One reference to the node at slot pos[k] of s for every k. Where slots repeat (a matmul
+    reads every element once per output row or column), they are counted per slot first, so a
+    node's count is written once rather than once per use: the row loop then only reads nodes,
+    which matters when they are spread over the arena (a matrix column)."""
+    cdef Node* nodes = A.nodes
+    cdef uint32_t* counts = NULL
+    cdef Py_ssize_t k
+    if 0 < s.n <= total:
+        counts = <uint32_t*>calloc(<size_t>s.n, sizeof(uint32_t))
+    if counts == NULL:  # few repeats (or no memory to count them): one by one
+        for k in range(total):
+            nodes[s.slots[pos[k]]].refcnt += 1
+        return
+    for k in range(total):
+        counts[pos[k]] += 1
+    for k in range(s.n):
+        if counts[k]:
+            nodes[s.slots[k]].refcnt += counts[k]
+    free(counts)
 
 
 cdef inline void attach_kids(Node* node, int32_t* kids, int32_t nkids) noexcept nogil:
     """Give a node made by new_node(..., -1, -1) its children, filled in by the caller (who
-    has counted the references): the layout kid() reads."""
+    has counted the references): the layout kid() reads (a malloc'd array is now the node's)."""
     node.nkids = nkids
     if nkids > 2:
         node.kids.many = kids
@@ -514,37 +555,44 @@ def array_linear(NodeStore w not None, w_pos, NodeStore x not None, x_pos, bias=
     cdef const int64_t* wq = pos_of(wp)
     cdef const int64_t* xq = pos_of(xp)
     cdef NodeStore out = new_store(n)
-    reserve(<int32_t>n)
+    cdef int32_t** arrays = children_arrays(n, nkids) if nkids > 2 else NULL
+    try:
+        reserve(<int32_t>n)
+    except BaseException:
+        free_children_arrays(arrays, n)
+        raise
+    # nothing below can fail
+    add_references(w, wq, n * m)
+    add_references(x, xq, n * m)
+    if has_bias:
+        add_references(b, bq, n)
     cdef Node* nodes = A.nodes
     cdef int32_t pair[2]
-    cdef int32_t* kids
+    cdef int32_t* kids = pair
     cdef int32_t* wk
     cdef int32_t* xk
     cdef int32_t i
     cdef double value
     cdef bint value_int
     for r in range(n):
-        kids = kids_buffer(nkids, pair)
-        if kids == NULL:
-            out.n = r  # the rows made so far are released with `out`
-            raise MemoryError("michigrad: out of memory in array_linear")
+        if arrays != NULL:
+            kids = arrays[r]
+            arrays[r] = NULL  # the node owns it now
         if has_bias:
             kids[0] = b.slots[bq[r]]
-            nodes[kids[0]].refcnt += 1
         wk = kids + has_bias
         xk = wk + m
         for k in range(m):
             wk[k] = w.slots[wq[r * m + k]]
-            nodes[wk[k]].refcnt += 1
         for k in range(m):
             xk[k] = x.slots[xq[r * m + k]]
-            nodes[xk[k]].refcnt += 1
         value = linear_value(nodes, kids, nkids, &value_int)
         i = new_node(value, int_flag(value_int), OP_LINEAR, -1, -1)
         attach_kids(&nodes[i], kids, nkids)
         nodes[i].refcnt = 1
         out.slots[r] = i
     out.n = n
+    free_children_arrays(arrays, n)
     return out
 
 
@@ -560,25 +608,31 @@ def array_reduce(op, NodeStore store not None, pos):
     cdef int32_t nkids = <int32_t>m
     cdef const int64_t* q = pos_of(p)
     cdef NodeStore out = new_store(n)
-    reserve(<int32_t>n)
+    cdef int32_t** arrays = children_arrays(n, nkids) if nkids > 2 else NULL
+    try:
+        reserve(<int32_t>n)
+    except BaseException:
+        free_children_arrays(arrays, n)
+        raise
+    # nothing below can fail
+    add_references(store, q, n * m)
     cdef Node* nodes = A.nodes
     cdef int32_t pair[2]
-    cdef int32_t* kids
+    cdef int32_t* kids = pair
     cdef int32_t i
     cdef double value
     cdef bint value_int
     for r in range(n):
-        kids = kids_buffer(nkids, pair)
-        if kids == NULL:
-            out.n = r
-            raise MemoryError("michigrad: out of memory in array_reduce")
+        if arrays != NULL:
+            kids = arrays[r]
+            arrays[r] = NULL  # the node owns it now
         for k in range(m):
             kids[k] = store.slots[q[r * m + k]]
-            nodes[kids[k]].refcnt += 1
         value = reduce_value(nodes, code, kids, nkids, &value_int)
         i = new_node(value, int_flag(value_int), code, -1, -1)
         attach_kids(&nodes[i], kids, nkids)
         nodes[i].refcnt = 1
         out.slots[r] = i
     out.n = n
+    free_children_arrays(arrays, n)
     return out
