@@ -700,3 +700,48 @@ def test_smolml_seed_example_runs_as_written(MLArray, capsys):
     assert "MLArray(shape=(2, 2)" in out and "MLArray(shape=(2, 1)" in out
     np.testing.assert_allclose(w.grad().to_numpy(), [[1 * t0 + 3 * t1], [2 * t0 + 4 * t1]])
     np.testing.assert_allclose(x.grad().to_numpy(), [[0.5 * t0, -0.5 * t0], [0.5 * t1, -0.5 * t1]])
+
+
+# ================================================================================ lifetime
+
+def _live_nodes(engine) -> int:
+    """Nodes alive in the engine: the arena's count (compiled) or Values the collector tracks
+    (reference)."""
+    import gc
+
+    gc.collect()
+    if engine == "compiled":
+        from michigrad import _engine
+
+        return _engine._arena_stats()["live"]
+    from michigrad._reference import Value
+
+    return sum(1 for o in gc.get_objects() if type(o) is Value)
+
+
+def test_arrays_free_their_nodes_and_a_training_loop_runs_in_flat_memory(MLArray, engine):
+    W = MLArray.randn(8, 4, rng=0)
+    X = MLArray.randn(16, 4, rng=1)
+    before = _live_nodes(engine)
+    out = (X @ W.T).tanh()
+    view = out[::2].T
+    loss = (view.sum(axis=0) ** 2).mean() + _softmax_max(out)
+    loss.backward()
+    assert _live_nodes(engine) > before
+    del out, view, loss
+    assert _live_nodes(engine) == before
+    counts = []
+    for _ in range(5):  # a training step: build, backward, update, drop
+        loss = ((X @ W.T).relu() - 1.0).abs().mean()
+        W.zero_grad()
+        loss.backward()
+        W.update_values(W.to_numpy() - 0.01 * W.grad_numpy())
+        del loss
+        counts.append(_live_nodes(engine))
+    assert len(set(counts)) == 1 and counts[0] == before
+
+
+def _softmax_max(x):
+    from michigrad.array import softmax
+
+    return softmax(x, axis=1).max()
