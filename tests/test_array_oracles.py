@@ -19,7 +19,7 @@ import michigrad
 from michigrad import losses
 from michigrad import array as A
 
-PROPERTY = settings(max_examples=30, deadline=None,
+PROPERTY = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 RTOL = 1e-12
 

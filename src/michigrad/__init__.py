@@ -10,6 +10,8 @@ is imported on first use: it needs numpy (the optional ``array`` extra).
 
 from __future__ import annotations
 
+import importlib as _importlib
+
 from . import datasets, losses, nn, optim
 from .engine import ENGINE, Value, linear
 
@@ -17,19 +19,20 @@ __version__ = "0.1.0"
 
 __all__ = ["ENGINE", "Value", "__version__", "datasets", "linear", "losses", "nn", "optim"]
 
-# Names served lazily from michigrad.array, so that `import michigrad` does not import numpy.
-_ARRAY_NAMES = frozenset({"MLArray", "MLArrayBase", "array_class"})
+# Names served lazily from michigrad.array (and the module itself), so that `import michigrad`
+# does not import numpy.
+_ARRAY_NAMES = frozenset({"MLArray", "MLArrayBase", "array_class", "array"})
 
 
 def __getattr__(name: str) -> object:
     if name in _ARRAY_NAMES:
         try:
-            from . import array
+            array = _importlib.import_module(".array", __name__)
         except ModuleNotFoundError as exc:
             if exc.name != "numpy":
                 raise
             raise ImportError(f"michigrad.{name} needs numpy: pip install michigrad[array]") from exc
-        return getattr(array, name)
+        return array if name == "array" else getattr(array, name)
     raise AttributeError(f"module 'michigrad' has no attribute {name!r}")
 
 
