@@ -501,7 +501,7 @@ cdef void add_references(NodeStore s, const int64_t* pos, Py_ssize_t total) noex
     cdef Node* nodes = A.nodes
     cdef uint32_t* counts = NULL
     cdef Py_ssize_t k
-    if 0 < s.n <= total:
+    if 0 < s.n and 2 * s.n <= total:  # slots used twice on average: worth counting
         counts = <uint32_t*>calloc(<size_t>s.n, sizeof(uint32_t))
     if counts == NULL:  # few repeats (or no memory to count them): one by one
         for k in range(total):
