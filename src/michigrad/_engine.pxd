@@ -24,8 +24,8 @@ cdef enum Op:
     OP_PYTHON = 11   # Value(x, children, 'label'): local backward is a Python callable
     OP_LINEAR = 12   # 'linear': bias + sum(w[i] * x[i]) as one node (a neuron's pre-activation);
                      # children [bias,] w[0..n), x[0..n): an odd count means there is a bias
-    # Reserved for the array kernels (issue #5); every op needs a case in op_forward or
-    # node_forward (replay) and in builtin_local_backward, and the same op in _reference.py.
+    # The array kernels' ops (issue #5, _arrays.pxi); each has a case in op_forward or
+    # node_forward (replay) and in builtin_local_backward, and the same op in _reference_arrays.py.
     OP_SUM = 13      # 'sum': n children, summed left to right
     OP_MAX = 14      # 'max': n children; the gradient goes to the first maximal child
     OP_MIN = 15      # 'min': n children; the gradient goes to the first minimal child
