@@ -115,6 +115,12 @@ def test_from_another_array_shares_nodes_not_slots(MLArray):
     assert all(b[i] is a[i] for i in range(3))
     b[0] = 9.0
     assert a.to_list() == [1.0, 2.0, 3.0] and b.to_list() == [9.0, 2.0, 3.0]
+    import copy
+
+    for d in (a.copy(), copy.copy(a)):
+        assert type(d) is MLArray and d[2] is a[2]
+        d[2] = 0.0
+        assert a[2].data == 3.0
     c = MLArray([a, a * 2])  # a list of arrays stacks them
     assert c.shape == (2, 3) and c[0, 1] is a[1]
 

@@ -188,7 +188,7 @@ class MLArrayBase:
         K = self._kernels
         self._check_engine(data)
         if isinstance(data, MLArrayBase):  # the same nodes, in slots of its own
-            return cls._gather(data._store, data._index)._parts()
+            return data.copy()._parts()
         if isinstance(data, self._Value):
             return K.array_from_values([data]), np.zeros((), dtype=np.int64)
         if isinstance(data, np.ndarray) and data.dtype.kind in "biuf":
@@ -392,6 +392,13 @@ class MLArrayBase:
         """New leaves holding the same data: the array without its graph."""
         return type(self)._from_numbers(
             self._kernels.array_numbers(self._store, self._flat()), self.shape)
+
+    def copy(self) -> MLArrayBase:
+        """A new array over the same nodes, in slots of its own (``MLArray(self)``): assigning
+        into one does not change the other; gradients reach the same nodes."""
+        return type(self)._gather(self._store, self._index)
+
+    __copy__ = copy
 
     def update_values(self, new_data: Any) -> MLArrayBase:
         """Set the elements' data in place from numbers of this shape (or broadcastable to
