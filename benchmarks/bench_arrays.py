@@ -36,9 +36,11 @@ warm-up per peer, peers take turns within each repetition, the garbage collector
 the timed region for everyone, and the previous graph is dropped (``del`` + ``gc.collect()``)
 outside it.
 
-A last table times the kernels alone on 1,000,000-element arrays (ns per created node), the
-issue's <= 20 ns target, and explains the 'linear' node: it sums k products left to right (bit
-for bit micrograd's neuron), so its cost grows with k. This script asserts nothing.
+Two more tables time the kernels alone on 1,000,000-element arrays (ns per created node: the
+issue's <= 20 ns target), once on a fresh arena (before the workloads) and once after them, when
+the arena's free list (last freed, first reused) hands out scattered slots. ``ns/child`` explains
+the n-ary nodes: a 'linear' node sums its k products left to right (bit for bit micrograd's
+neuron) and references 2k children, so its cost grows with k. This script asserts nothing.
 """
 
 from __future__ import annotations
@@ -237,7 +239,8 @@ def bench_workloads(reps: int) -> None:
     }
     print(f"\nWorkloads: median of {reps} repetitions (forward + backward)\n")
     header = (f"{'workload':10s} {'peer':16s} {'median ms':>10s} {'CPU ms':>9s} {'spread':>7s} "
-              f"{'x faster than nested':>21s} {'time / torch':>13s} {'nodes':>9s} {'ns/node':>8s}")
+              f"{'x faster than nested':>21s} {'x faster than micrograd':>24s} {'time / torch':>13s} "
+              f"{'nodes':>9s} {'ns/node':>8s}")
     print(header)
     print("-" * len(header))
     for workload in ("W1 matmul", "W2 MLP"):
@@ -264,12 +267,13 @@ def bench_workloads(reps: int) -> None:
             spread = (max(walls[name]) - min(walls[name])) / m
             n = nodes.get(name)
             print(f"{workload:10s} {name:16s} {m * 1e3:10.2f} {statistics.median(cpus[name]) * 1e3:9.2f} "
-                  f"{spread:7.0%} {medians['nested Values'] / m:21.1f} {m / medians['torch']:13.2f} "
+                  f"{spread:7.0%} {medians['nested Values'] / m:21.2f} {medians['micrograd'] / m:24.1f} "
+                  f"{m / medians['torch']:13.2f} "
                   f"{n if n is not None else 'n/a':>9} {m / n * 1e9 if n else float('nan'):8.0f}")
         print()
 
 
-def bench_kernels(reps: int) -> None:
+def bench_kernels(reps: int, when: str) -> None:
     n = 1_000_000
     pos = np.arange(n, dtype=np.int64)
     rev = pos[::-1].copy()
@@ -294,8 +298,8 @@ def bench_kernels(reps: int) -> None:
         ("linear, rows of 64 (matmul 64)", lambda: _engine.array_linear(
             store, pos[: half64].reshape(-1, 64), store, rev[: half64].reshape(-1, 64))),
     ]
-    print(f"Kernels alone on {n:,}-element inputs: median of {reps} (ns per created node; "
-          "target <= 20)\n")
+    print(f"\nKernels alone on {n:,}-element inputs, {when}: median of {reps} (ns per created "
+          "node; target <= 20)\n")
     header = f"{'kernel':34s} {'median ms':>10s} {'nodes':>9s} {'ns/node':>8s} {'ns/child':>9s}"
     print(header)
     print("-" * len(header))
@@ -342,8 +346,11 @@ def main() -> None:
 
     print(f"michigrad {michigrad.__version__} ({michigrad.engine.ENGINE} engine), "
           f"torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}")
+    bench_kernels(reps, "fresh arena (free slots in address order)")
     bench_workloads(reps)
-    bench_kernels(reps)
+    # The arena's free list is last-freed-first: after graphs of mixed shapes were freed, new
+    # nodes land on scattered slots, each write a cache miss. Same kernels, same inputs:
+    bench_kernels(reps, "after the workloads (free list scattered by their graphs)")
 
 
 if __name__ == "__main__":
