@@ -14,8 +14,11 @@ import struct
 import subprocess
 import sys
 
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import michigrad
 from michigrad.array import MLArrayBase, array_class
@@ -112,6 +115,12 @@ def test_from_another_array_shares_nodes_not_slots(MLArray):
     assert all(b[i] is a[i] for i in range(3))
     b[0] = 9.0
     assert a.to_list() == [1.0, 2.0, 3.0] and b.to_list() == [9.0, 2.0, 3.0]
+    import copy
+
+    for d in (a.copy(), copy.copy(a)):
+        assert type(d) is MLArray and d[2] is a[2]
+        d[2] = 0.0
+        assert a[2].data == 3.0
     c = MLArray([a, a * 2])  # a list of arrays stacks them
     assert c.shape == (2, 3) and c[0, 1] is a[1]
 
@@ -746,3 +755,40 @@ def _softmax_max(x):
     from michigrad.array import softmax
 
     return softmax(x, axis=1).max()
+
+
+# ============================================================================ properties
+
+PROPERTY = settings(max_examples=50, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+numbers = st.one_of(st.integers(-2**60, 2**60), st.floats(allow_nan=False, width=64))
+
+
+@PROPERTY
+@given(shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3), data=st.data())
+def test_nested_lists_round_trip_with_their_int_and_float_kinds(MLArray, shape, data):
+    flat = data.draw(st.lists(numbers, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    nested = np.array(flat + [None], dtype=object)[:-1].reshape(shape).tolist()
+    a = MLArray(nested)
+    assert a.shape == shape
+    want = [float(x) if type(x) is int and abs(x) >= 2**53 else x for x in flat]  # Value's rule
+    got = np.array(a.to_list(), dtype=object).reshape(-1).tolist() if shape else [a.to_list()]
+    assert [bits(x) for x in got] == [bits(x) for x in want]
+
+
+@PROPERTY
+@given(shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=4), data=st.data())
+def test_setitem_like_numpy(MLArray, shape, data):
+    key = data.draw(hnp.basic_indices(shape, allow_ellipsis=True))
+    target_shape = np.empty(shape)[key].shape
+    value_shape = data.draw(
+        hnp.broadcastable_shapes(target_shape, max_dims=len(target_shape), min_side=0)
+        .filter(lambda s: np.broadcast_shapes(s, target_shape) == target_shape))
+    x = np.arange(float(np.prod(shape))).reshape(shape)
+    v = -1.0 - np.arange(float(np.prod(value_shape))).reshape(value_shape)
+    a = MLArray(x)
+    view = a.T  # a view made before the assignment sees it too
+    a[key] = MLArray(v) if value_shape else float(v)
+    x[key] = v
+    np.testing.assert_array_equal(a.to_numpy(), x)
+    np.testing.assert_array_equal(view.to_numpy(), x.T)

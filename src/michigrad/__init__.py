@@ -11,6 +11,7 @@ is imported on first use: it needs numpy (the optional ``array`` extra).
 from __future__ import annotations
 
 import importlib as _importlib
+from typing import TYPE_CHECKING
 
 from . import datasets, losses, nn, optim
 from .engine import ENGINE, Value, linear
@@ -18,6 +19,12 @@ from .engine import ENGINE, Value, linear
 __version__ = "0.1.0"
 
 __all__ = ["ENGINE", "Value", "__version__", "datasets", "linear", "losses", "nn", "optim"]
+
+if TYPE_CHECKING:  # type checkers see the lazily served names (below) as the real ones
+    from . import array as array
+    from .array import MLArray as MLArray
+    from .array import MLArrayBase as MLArrayBase
+    from .array import array_class as array_class
 
 # Names served lazily from michigrad.array (and the module itself), so that `import michigrad`
 # does not import numpy.

@@ -82,14 +82,14 @@ def _array(arr: Any, dtype: type, ndim: int, what: str) -> np.ndarray:
 
 def _positions(store: NodeStore, pos: Any, ndim: int = 1, what: str = "pos") -> np.ndarray:
     """pos checked: int64, the given rank, every slot number in range for store."""
-    pos = _array(pos, np.int64, ndim, what)
-    if pos.size:
-        lo, hi = int(pos.min()), int(pos.max())
+    checked = _array(pos, np.int64, ndim, what)
+    if checked.size:
+        lo, hi = int(checked.min()), int(checked.max())
         if lo < 0 or hi >= len(store.values):
             bad = lo if lo < 0 else hi
             raise IndexError(f"{what}: slot {bad} is out of range for a store of "
                              f"{len(store.values)} slots")
-    return pos
+    return checked
 
 
 def _slot(store: NodeStore, slot: Any) -> int:
@@ -140,8 +140,8 @@ def array_from_values(values: Any) -> NodeStore:
 
 def array_value(store: Any, slot: Any) -> Value:
     """The Value in that slot."""
-    store = _store(store)
-    return store.values[_slot(store, slot)]
+    s = _store(store)
+    return s.values[_slot(s, slot)]
 
 
 def array_values(store: Any, pos: Any) -> list[Value]:

@@ -188,7 +188,7 @@ class MLArrayBase:
         K = self._kernels
         self._check_engine(data)
         if isinstance(data, MLArrayBase):  # the same nodes, in slots of its own
-            return cls._gather(data._store, data._index)._parts()
+            return data.copy()._parts()
         if isinstance(data, self._Value):
             return K.array_from_values([data]), np.zeros((), dtype=np.int64)
         if isinstance(data, np.ndarray) and data.dtype.kind in "biuf":
@@ -222,7 +222,7 @@ class MLArrayBase:
             if data.dtype.kind not in "biufO":
                 raise TypeError(f"cannot make an MLArray from a numpy array of dtype {data.dtype}")
             flat.extend(data.reshape(-1).tolist())
-            return data.shape
+            return tuple(data.shape)
         if isinstance(data, MLArrayBase):
             self._check_engine(data)
             flat.extend(self._kernels.array_values(data._store, _positions(data._index)))
@@ -307,7 +307,7 @@ class MLArrayBase:
     def __len__(self) -> int:
         if self._index.ndim == 0:
             raise TypeError("len() of unsized object (a 0-d MLArray)")
-        return self._index.shape[0]
+        return int(self._index.shape[0])
 
     def __iter__(self) -> Iterator[Any]:
         """The sub-arrays along the first axis (Values for a 1-D array)."""
@@ -340,13 +340,15 @@ class MLArrayBase:
 
     def to_numpy(self) -> np.ndarray:
         """The data as a float64 numpy array."""
-        return self._kernels.array_data(self._store, self._flat()).reshape(self._index.shape)
+        data: np.ndarray = self._kernels.array_data(self._store, self._flat())
+        return data.reshape(self._index.shape)
 
     def item(self) -> Number:
         """The data of the one element of a size-1 array, as a Python number."""
         if self._index.size != 1:
             raise ValueError("can only convert an MLArray of size 1 to a Python scalar")
-        return self._kernels.array_numbers(self._store, self._flat())[0]
+        number: Number = self._kernels.array_numbers(self._store, self._flat())[0]
+        return number
 
     @property
     def data(self) -> Any:
@@ -356,7 +358,8 @@ class MLArrayBase:
 
     def values(self) -> list[Any]:
         """The elements as a flat list of Values, in row-major order."""
-        return self._kernels.array_values(self._store, self._flat())
+        values: list[Any] = self._kernels.array_values(self._store, self._flat())
+        return values
 
     # ============================================================================= gradients
 
@@ -378,7 +381,8 @@ class MLArrayBase:
 
     def grad_numpy(self) -> np.ndarray:
         """The elements' gradients as a float64 numpy array (no node is made)."""
-        return self._kernels.array_grad(self._store, self._flat()).reshape(self._index.shape)
+        grads: np.ndarray = self._kernels.array_grad(self._store, self._flat())
+        return grads.reshape(self._index.shape)
 
     def zero_grad(self) -> None:
         """Set every element's gradient to 0 (micrograd's int 0)."""
@@ -388,6 +392,13 @@ class MLArrayBase:
         """New leaves holding the same data: the array without its graph."""
         return type(self)._from_numbers(
             self._kernels.array_numbers(self._store, self._flat()), self.shape)
+
+    def copy(self) -> MLArrayBase:
+        """A new array over the same nodes, in slots of its own (``MLArray(self)``): assigning
+        into one does not change the other; gradients reach the same nodes."""
+        return type(self)._gather(self._store, self._index)
+
+    __copy__ = copy
 
     def update_values(self, new_data: Any) -> MLArrayBase:
         """Set the elements' data in place from numbers of this shape (or broadcastable to
