@@ -948,10 +948,10 @@ def tanh(x: Any) -> MLArrayBase:
 
 
 def _shifted(x: MLArrayBase, axes: tuple[int, ...]) -> MLArrayBase:
-    """x - max(x) along axes. The max is a constant (its gradient cancels exactly in softmax),
-    so the largest exponent is 0 and nothing overflows."""
-    m = x.to_numpy().max(axis=axes, keepdims=True) if x.size() else np.zeros(())
-    return x + type(x)._from_floats(-m, m.shape)
+    """x - max(x) along axes, so the largest exponent is 0 and nothing overflows. The max is a
+    node of the graph (its gradient cancels in softmax up to rounding), not a constant taken
+    from today's data: a replayed graph (michigrad.Graph) shifts by the new max."""
+    return x - x.max(axes, keepdims=True)
 
 
 def softmax(x: Any, axis: int = -1) -> MLArrayBase:
