@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from . import datasets, losses, nn, optim
 from .engine import ENGINE, Value, linear
+from .replay import Graph
 
 __version__ = "0.1.0"
 
-__all__ = ["ENGINE", "Value", "__version__", "datasets", "linear", "losses", "nn", "optim"]
+__all__ = ["ENGINE", "Graph", "Value", "__version__", "datasets", "linear", "losses", "nn", "optim"]
