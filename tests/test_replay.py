@@ -19,7 +19,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 import michigrad
@@ -158,12 +158,14 @@ def test_replay_equals_a_fresh_build_bit_for_bit(engine: str, program: Program, 
         for leaf in leaves:
             leaf.grad = 0
         if fresh_error is not None:
+            event("a replay's forward raised")
             with pytest.raises(ERRORS):
                 g.forward()
             with pytest.raises(RuntimeError, match="stale"):
                 g.backward()
             continue
         assert same_number(g.forward(), fresh_root.data)
+        event("a replay compared")
         g.backward()
         for k, (ours, theirs) in enumerate(zip(nodes + [root], fresh_nodes + [fresh_root])):
             assert same_number(ours.data, theirs.data), (k, ours.data, theirs.data)

@@ -62,7 +62,8 @@ class Tape:
 
     def close(self) -> None:
         self._closed = True
-        self._nodes = self._ops = self._inputs = self._params = self._update_groups = []
+        self._nodes, self._ops, self._inputs, self._params = [], [], [], []
+        self._update_groups = []
         self._output = None  # type: ignore[assignment]
 
     @property

@@ -89,6 +89,8 @@ class Graph:
     """
 
     def __init__(self, output: Any, inputs: Any = None, params: Iterable[Any] | None = None) -> None:
+        cls: type
+        tape_cls: Any
         if _engine is not None and isinstance(output, _engine.Value):
             cls, tape_cls = _engine.Value, _engine.Tape
         elif isinstance(output, _reference.Value):
