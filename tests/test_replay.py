@@ -479,12 +479,15 @@ def test_train_step_needs_params(Value: Any) -> None:
         Graph(Value(1.0) * 2).train_step(0.1)
 
 
-OPTIMIZERS = [
-    (optim.SGD, dict(lr=0.5)),  # the C fast path
+OPTIMIZERS = [  # C fast paths: plain SGD with a float lr, Adam/AdamW with float settings, eps > 0
+    (optim.SGD, dict(lr=0.5)),
     (optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
     (optim.SGD, dict(lr=1)),  # an int learning rate: optim's Python update
+    (optim.SGD, dict(lr=0.1, weight_decay=0.01, maximize=True)),
     (optim.Adam, dict(lr=0.05)),
+    (optim.Adam, dict(lr=0.02, betas=(0.3, 0.9), weight_decay=0.01, maximize=True)),
     (optim.AdamW, dict(lr=0.05, amsgrad=True)),
+    (optim.AdamW, dict(lr=0.05, weight_decay=0.1, betas=(0.5, 0.5))),
 ]
 
 
@@ -517,6 +520,45 @@ def test_step_with_an_optimizer_equals_dynamic_training(cls: Any, kwargs: dict) 
         for a, b in zip(dynamic.parameters(), replayed.parameters()):
             assert same_number(a.data, b.data) and same_number(a.grad, b.grad)
     assert opt_d.state_dict() == opt_r.state_dict()
+
+
+@pytest.mark.parametrize("cls,kwargs", [(optim.SGD, dict(lr=0.5)), (optim.Adam, dict(lr=0.1)),
+                                        (optim.AdamW, dict(lr=0.1, amsgrad=True))])
+def test_fast_paths_run_in_c_and_keep_the_optimizer_state(cls: Any, kwargs: dict,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = michigrad.Value(0.5), michigrad.Value(-1.0)
+    opt = cls([a, b], **kwargs)
+    g = Graph((a * b - 1) ** 2 + a.relu())
+    monkeypatch.setattr(cls, "step", lambda self: pytest.fail("the optimizer's step ran"))
+    monkeypatch.setattr(cls, "zero_grad", lambda self: pytest.fail("zero_grad ran"))
+    for _ in range(3):
+        g.step(opt)
+    monkeypatch.undo()
+    if cls is not optim.SGD:
+        assert opt.state[0]["step"] == 3 and type(opt.state[1]["exp_avg"]) is float
+        assert ("max_exp_avg_sq" in opt.state[0]) == kwargs.get("amsgrad", False)
+
+
+def test_adam_state_that_adam_would_not_write_goes_through_python() -> None:
+    """A state the C path cannot reproduce exactly (here an int average) takes the optimiser's
+    own step: the same numbers as the dynamic run, nothing changed before the switch."""
+    runs = []
+    for replay in (False, True):
+        a, b = michigrad.Value(0.5), michigrad.Value(-1.0)
+        opt = optim.Adam([a, b], lr=0.1)
+        g = Graph((a * b - 1) ** 2) if replay else None
+        for k in range(4):
+            if k == 2:
+                opt.state[0]["exp_avg"] = 0  # an int: Python's int arithmetic from here
+            if g is not None:
+                g.step(opt)
+            else:
+                loss = (a * b - 1) ** 2
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        runs.append((a.data, b.data, a.grad, b.grad, opt.state_dict()))
+    assert runs[0] == runs[1]
 
 
 def test_sgd_fast_path_follows_parameter_groups_and_their_changes() -> None:

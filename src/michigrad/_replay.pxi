@@ -17,6 +17,7 @@
 # at the next replay (the engine counts `_backward` assignments, see `py_backward_sets`).
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
+from libc.math cimport sqrt
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t
 
@@ -331,6 +332,81 @@ cdef class Tape:
             free(rates)
         return number_object(A.nodes[self.root].data, A.nodes[self.root].flags & F_DATA_INT)
 
+    def adam_step(self, list configs not None, dict state not None):
+        """One step of optim.Adam/AdamW over the groups given to `set_update_groups`: forward,
+        zero_grad, backward, then Adam's update with the very operations of `optim.Adam.step`
+        (so the same bits), reading and writing `state` (the optimiser's `state` dict) as it
+        does. configs[g] = (lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled),
+        floats with eps > 0. Returns the output's data, or None -- before changing anything --
+        when a parameter's state is not what Adam itself writes (the caller then runs the
+        optimiser in Python)."""
+        cdef Py_ssize_t g, k, i = 0, start = 0, size
+        cdef double lr, beta1, beta2, eps, wd, w1, x, grad, m, v, vmax, step_size, denom
+        cdef bint amsgrad, maximize, decoupled
+        cdef double t
+        cdef int32_t node
+        if not self.is_open:
+            raise RuntimeError("this Graph is closed")
+        if len(configs) != len(self.group_sizes):
+            raise ValueError(f"adam_step: {len(configs)} configurations for "
+                             f"{len(self.group_sizes)} parameter groups")
+        for g in range(len(configs)):
+            amsgrad = configs[g][5]
+            for k in range(<Py_ssize_t>self.group_sizes[g]):
+                st = state.get(i)
+                if st is not None and not adam_state_is_plain(st, amsgrad):
+                    return None
+                i += 1
+        self.run_forward()
+        zero_grads(self.update, self.nupdate)
+        self.run_backward()
+        i = 0
+        for g in range(len(configs)):
+            lr, beta1, beta2, eps, wd, amsgrad, maximize, decoupled = configs[g]
+            w1 = 1.0 - beta1
+            size = self.group_sizes[g]
+            for k in range(size):
+                # A.nodes is re-read at each use: the dict operations below may run the GC
+                node = self.update[start + k]
+                grad = A.nodes[node].grad
+                if maximize:  # -p.grad: an int has no negative zero
+                    grad = -grad + 0.0 if A.nodes[node].flags & F_GRAD_INT else -grad
+                st = state.get(i)
+                if st is None:
+                    st = {"step": 0, "exp_avg": 0.0, "exp_avg_sq": 0.0}
+                    if amsgrad:
+                        st["max_exp_avg_sq"] = 0.0
+                    state[i] = st
+                i += 1
+                st["step"] = st["step"] + 1
+                t = <double>st["step"]
+                x = A.nodes[node].data
+                if wd != 0.0:
+                    if decoupled:
+                        x = x * (1.0 - lr * wd)
+                    else:
+                        grad = grad + wd * x
+                m = st["exp_avg"]
+                if fabs(w1) < 0.5:  # torch's lerp, as optim.Adam writes it
+                    m = m + w1 * (grad - m)
+                else:
+                    m = grad - (grad - m) * (1.0 - w1)
+                v = <double>st["exp_avg_sq"] * beta2 + (1.0 - beta2) * grad * grad
+                st["exp_avg"] = m
+                st["exp_avg_sq"] = v
+                if amsgrad:
+                    vmax = st["max_exp_avg_sq"]
+                    if v > vmax:  # Python's max(a, v): a unless v > a
+                        vmax = v
+                    st["max_exp_avg_sq"] = vmax
+                    v = vmax
+                step_size = lr / (1.0 - pow(beta1, t))
+                denom = sqrt(v) / pow(1.0 - pow(beta2, t), 0.5) + eps
+                A.nodes[node].data = x + -step_size * m / denom
+                A.nodes[node].flags &= ~F_DATA_INT
+            start += size
+        return number_object(A.nodes[self.root].data, A.nodes[self.root].flags & F_DATA_INT)
+
     # --- feeding ------------------------------------------------------------------------------
 
     def feed(self, batch):
@@ -420,6 +496,22 @@ cdef void sgd_update(int32_t* params, Py_ssize_t n, double lr) noexcept:
         p = &nodes[params[k]]
         p.data = p.data - lr * p.grad
         p.flags &= ~F_DATA_INT
+
+
+cdef bint adam_state_is_plain(object st, bint amsgrad):
+    """Whether an Adam state entry holds what optim.Adam writes (an int step below 2**53, float
+    averages, non-negative second moments), so that adam_step computes the same numbers."""
+    if type(st) is not dict:
+        return False
+    step, m, v = st.get("step"), st.get("exp_avg"), st.get("exp_avg_sq")
+    if type(step) is not int or not 0 <= step < 9007199254740991:
+        return False
+    if type(m) is not float or type(v) is not float or not v >= 0.0:
+        return False
+    if amsgrad:
+        vmax = st.get("max_exp_avg_sq")
+        return type(vmax) is float and vmax >= 0.0
+    return True
 
 
 cdef int read_batch(object batch, tuple shape, Py_ssize_t n, double* values, uint8_t* ints) except -1:

@@ -183,12 +183,18 @@ class Graph:
     def step(self, optimizer: Any) -> Number:
         """forward, ``optimizer.zero_grad()``, backward, ``optimizer.step()``; returns this step's
         loss. Exact for any ``michigrad.optim`` optimiser (and any object with those two
-        methods); a plain ``optim.SGD`` (no momentum, weight decay or maximize, float learning
-        rates) runs entirely in C with the same bits."""
+        methods). In C, with the same bits: a plain ``optim.SGD`` (no momentum, weight decay or
+        maximize; float learning rates), and ``optim.Adam``/``AdamW`` with float hyperparameters
+        and eps > 0 (``optimizer.state`` is kept up to date as ``Adam.step`` keeps it)."""
         self._check_open()
         lrs = self._plain_sgd_rates(optimizer)
         if lrs is not None:
             return self._tape.sgd_step(lrs)  # type: ignore[no-any-return]
+        configs = self._adam_configs(optimizer)
+        if configs is not None:
+            loss = self._tape.adam_step(configs, optimizer.state)
+            if loss is not None:
+                return loss  # type: ignore[no-any-return]
         loss = self._tape.forward()
         optimizer.zero_grad()
         self._tape.backward()
@@ -202,19 +208,46 @@ class Graph:
 
         if type(optimizer) is not SGD:
             return None
-        groups = optimizer.param_groups
         lrs = []
-        for group in groups:
+        for group in optimizer.param_groups:
             lr = group["lr"]
             if (group["momentum"] != 0 or group["weight_decay"] != 0 or group["maximize"]
                     or not isinstance(lr, float)):
                 return None
             lrs.append(lr)
+        self._register(optimizer)
+        return lrs
+
+    def _adam_configs(self, optimizer: Any) -> list[tuple[Any, ...]] | None:
+        """Each group's hyperparameters if `optimizer` is an Adam/AdamW the tape updates in C
+        (float hyperparameters, eps > 0: then every operation of optim.Adam.step is one IEEE
+        operation on doubles), else None."""
+        from .optim import Adam, AdamW
+
+        if type(optimizer) not in (Adam, AdamW):
+            return None
+        configs = []
+        for group in optimizer.param_groups:
+            lr, betas, eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            if not (type(lr) is float and len(betas) == 2 and type(betas[0]) is float
+                    and type(betas[1]) is float and type(eps) is float and eps > 0
+                    and type(wd) is float and type(group["amsgrad"]) is bool
+                    and type(group["maximize"]) is bool):
+                return None
+            configs.append((lr, betas[0], betas[1], eps, wd, group["amsgrad"], group["maximize"],
+                            bool(optimizer._decoupled)))
+        if type(optimizer.state) is not dict:
+            return None
+        self._register(optimizer)
+        return configs
+
+    def _register(self, optimizer: Any) -> None:
+        """Give the tape the optimiser's parameter groups, unless it has them already."""
+        groups = optimizer.param_groups
         if (optimizer is not self._optimizer or len(groups) != len(self._groups)
                 or any(mine != g["params"] for mine, g in zip(self._groups, groups))):
             self._tape.set_update_groups([g["params"] for g in groups])
             self._optimizer, self._groups = optimizer, [list(g["params"]) for g in groups]
-        return lrs
 
     # --- export -----------------------------------------------------------------------------
 
