@@ -224,8 +224,8 @@ class Graph:
         operation on doubles), else None."""
         from .optim import Adam, AdamW
 
-        if type(optimizer) not in (Adam, AdamW):
-            return None
+        if type(optimizer) not in (Adam, AdamW) or not hasattr(self._tape, "adam_step"):
+            return None  # (the reference engine's tape has no Adam of its own)
         configs = []
         for group in optimizer.param_groups:
             lr, betas, eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
