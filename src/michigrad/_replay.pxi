@@ -52,25 +52,8 @@ cdef class Tape:
     """The compiled engine's recorded graph; use it through ``michigrad.Graph``.
 
     Tape(output, inputs, input_shape, params): ``inputs`` and ``params`` are flat lists of Values
-    of this engine (inputs: leaves of the graph, fed in that order by ``feed``)."""
-
-    cdef int32_t root
-    cdef int32_t* order          # op nodes, children before parents (backward()'s order)
-    cdef Py_ssize_t count
-    cdef int32_t* leaves         # the graph's leaves, each once (checked for a late _backward)
-    cdef Py_ssize_t nleaves
-    cdef int32_t* inputs         # bound input leaves, in feed order
-    cdef Py_ssize_t ninputs
-    cdef int32_t* params         # train_step's parameters
-    cdef Py_ssize_t nparams
-    cdef int32_t* update         # sgd_step's parameters, group after group
-    cdef Py_ssize_t nupdate
-    cdef list update_groups      # the lists of Values behind `update` (they keep the nodes alive)
-    cdef list group_sizes
-    cdef tuple input_shape
-    cdef bint is_open
-    cdef bint stale              # a forward failed midway: backward refuses until one succeeds
-    cdef unsigned long long checked_sets   # py_backward_sets when no captured node had a Python _backward
+    of this engine (inputs: leaves of the graph, fed in that order by ``feed``). Its fields are
+    declared in _engine.pxd."""
 
     def __cinit__(self):
         self.root = 0
