@@ -22,12 +22,13 @@ max-margin loss + 1e-4 L2, zero_grad, backward, SGD with micrograd's schedule
   flat arrays of doubles, timed inside the C program.
 
 Timing: the slow rows use bench_train.py's protocol (turns, an untimed step before each timed
-one, gc outside the clock); the fast rows time every step of ``--steps`` consecutive steps
-(median). Before timing, the script checks bit-identity: replay vs the dynamic build (losses of
-the first steps) and vs the C floor (every loss of 100 steps and every final parameter). The
-fast rows take turns in rounds of 100 steps each; their ms/step is the median over rounds of
-each round's median, "best" the fastest single step. It reports; it asserts nothing. Ratios use medians; on a shared machine compare the spread, or use
-``--callgrind`` (instructions are repeatable where seconds are not).
+one, gc outside the clock). The fast rows take turns in rounds of 100 consecutive steps each
+(9 rounds, 3 with --quick); their ms/step is the median over rounds of each round's median,
+"best" the fastest single step. Before timing, the script checks bit-identity: replay vs the
+dynamic build (losses and parameters of the first steps) and vs the C floor (every loss of 100
+steps and every final parameter). It reports; it asserts nothing. Ratios use medians; on a
+shared machine compare the spread and the best steps, or use ``--callgrind`` (instructions are
+repeatable where seconds are not).
 """
 
 from __future__ import annotations
@@ -36,13 +37,11 @@ import argparse
 import gc
 import os
 import platform
-import random
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 

@@ -9,8 +9,9 @@ graph behind ``loss`` once; afterwards
   back-propagates; leaf gradients accumulate, as with ``loss.backward()`` (an optimiser's
   ``zero_grad()`` zeroes the parameters');
 * ``g.step(optimizer)`` is forward, ``optimizer.zero_grad()``, backward, ``optimizer.step()`` in
-  one call (in C for a plain ``optim.SGD``), and ``g.train_step(lr)`` the same with
-  ``p.data -= lr * p.grad`` over ``Graph(..., params=...)``; both return this step's loss.
+  one call (all in C for a plain ``optim.SGD`` and for ``optim.Adam``/``AdamW``), and
+  ``g.train_step(lr)`` the same with ``p.data -= lr * p.grad`` over ``Graph(..., params=...)``;
+  both return this step's loss.
 
 Every value and gradient is the same bits, and the same int/float type, as building the
 expression again in Python and calling ``backward()``: the replay goes through the engine's own
