@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from . import datasets, losses, nn, optim
 from .engine import ENGINE, Value, linear
+from .replay import Graph
 
 __version__ = "0.1.0"
 
-__all__ = ["ENGINE", "Value", "__version__", "datasets", "linear", "losses", "nn", "optim"]
+__all__ = ["ENGINE", "Graph", "Value", "__version__", "datasets", "linear", "losses", "nn", "optim"]
 
 if TYPE_CHECKING:  # type checkers see the lazily served names (below) as the real ones
     from . import array as array

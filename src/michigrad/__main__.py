@@ -21,6 +21,7 @@ from .engine import Value
 from .losses import hinge_loss
 from .nn import MLP
 from .optim import SGD
+from .replay import Graph
 
 ALPHA = 1e-4  # micrograd's demo: L2 regularisation strength
 
@@ -58,35 +59,65 @@ def make_data(seed: int, n_samples: int = 100, noise: float = 0.1) -> tuple[list
     return X, [2 * yi - 1 for yi in y]
 
 
-def demo_loss(model: MLP, X: Sequence[Sequence[float]], y: Sequence[int]) -> tuple[Value, float]:
-    """micrograd's demo loss: mean hinge loss over the samples plus ALPHA * Σ p², and the
-    accuracy (the sign of the score)."""
+def demo_graph(model: MLP, X: Sequence[Sequence[float]], y: Sequence[int]) -> tuple[Value, list[Any]]:
+    """micrograd's demo loss: mean hinge loss over the samples plus ALPHA * Σ p², and the scores
+    it is computed from."""
     inputs = [list(map(Value, xrow)) for xrow in X]
     scores: list[Any] = list(map(model, inputs))  # one output: each a bare Value
     data_loss: Any = hinge_loss(scores, y)  # a Value: the default reduction is the mean
     reg_loss = ALPHA * sum(p * p for p in model.parameters())
+    return data_loss + reg_loss, scores
+
+
+def accuracy_of(scores: Sequence[Value], y: Sequence[int]) -> float:
+    """The fraction of samples whose score has the label's sign."""
     accuracy = [(yi > 0) == (s.data > 0) for yi, s in zip(y, scores)]
-    return data_loss + reg_loss, sum(accuracy) / len(accuracy)
+    return sum(accuracy) / len(accuracy)
 
 
-def train(steps: int = 100, seed: int = 1337, verbose: bool = False) -> tuple[MLP, Any, list[float], float]:
-    """Train micrograd's demo model; returns (model, data, losses per step, final accuracy)."""
+def demo_loss(model: MLP, X: Sequence[Sequence[float]], y: Sequence[int]) -> tuple[Value, float]:
+    """micrograd's demo loss (see demo_graph) and the accuracy (the sign of the score)."""
+    loss, scores = demo_graph(model, X, y)
+    return loss, accuracy_of(scores, y)
+
+
+def train(steps: int = 100, seed: int = 1337, verbose: bool = False,
+          replay: bool = False) -> tuple[MLP, Any, list[float], float]:
+    """Train micrograd's demo model; returns (model, data, losses per step, final accuracy).
+
+    With ``replay`` the step's graph is built once and re-run by ``michigrad.Graph`` (forward,
+    zero_grad, backward and SGD update in C); the losses are the same to the last bit."""
     X, y = make_data(seed)
     model = MLP(2, [16, 16, 1])
     optimizer = SGD(model.parameters(), lr=1.0)
+    step: Callable[[], tuple[Any, float]]
+    graph = None
+    if replay:
+        loss, scores = demo_graph(model, X, y)
+        graph = Graph(loss)
+
+        def step() -> tuple[Any, float]:
+            return graph.step(optimizer), accuracy_of(scores, y)
+    else:
+        def step() -> tuple[Any, float]:
+            total_loss, accuracy = demo_loss(model, X, y)
+            optimizer.zero_grad()
+            total_loss.backward()
+            optimizer.step()
+            return total_loss.data, accuracy
+
     losses: list[float] = []
     accuracy = 0.0
     iterator, show = _progress(steps)
     for k in iterator:
-        total_loss, accuracy = demo_loss(model, X, y)
-        optimizer.zero_grad()
-        total_loss.backward()
         optimizer.lr = 1.0 - 0.9 * k / steps  # micrograd's schedule (k/100 over its 100 steps)
-        optimizer.step()
-        losses.append(total_loss.data)
-        show(f"loss {total_loss.data:.4f}, accuracy {accuracy * 100:.0f}%")
+        loss_value, accuracy = step()
+        losses.append(loss_value)
+        show(f"loss {loss_value:.4f}, accuracy {accuracy * 100:.0f}%")
         if verbose:
-            print(f"step {k} loss {total_loss.data}, accuracy {accuracy * 100}%")
+            print(f"step {k} loss {loss_value}, accuracy {accuracy * 100}%")
+    if graph is not None:
+        graph.close()
     _, accuracy = demo_loss(model, X, y)  # of the trained model, after the last update
     return model, (X, y), losses, accuracy
 
@@ -126,9 +157,10 @@ def plot_decision_boundary(model: MLP, X: Sequence[Sequence[float]], y: Sequence
 
 def demo(args: argparse.Namespace) -> int:
     print(f"michigrad demo: MLP(2, [16, 16, 1]), 337 parameters, two moons (100 samples, "
-          f"noise 0.1), seed {args.seed}, {args.steps} steps")
+          f"noise 0.1), seed {args.seed}, {args.steps} steps"
+          + (", replaying the recorded graph" if args.replay else ""))
     start = time.perf_counter()
-    model, (X, y), losses, accuracy = train(args.steps, args.seed, args.verbose)
+    model, (X, y), losses, accuracy = train(args.steps, args.seed, args.verbose, args.replay)
     elapsed = time.perf_counter() - start
     per_step = 1000 * elapsed / max(args.steps, 1)
     if losses:
@@ -152,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default decision_boundary.png)")
     p.add_argument("--verbose", action="store_true",
                    help="print every step's loss and accuracy, as micrograd's notebook does")
+    p.add_argument("--replay", action="store_true",
+                   help="record the training step's graph once and re-run it in C "
+                        "(michigrad.Graph): the same losses, much faster")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")

@@ -114,3 +114,29 @@ cdef int run_backward(int32_t root) except -1
 cdef int apply_local_backward(int32_t i) except -1
 cdef int node_forward(Node* nodes, int32_t i) noexcept nogil
 cdef int raise_node_forward_error(Node* nodes, int32_t i, int error) except -1
+
+
+# Graph replay (_replay.pxi): a recorded graph, re-run in C through the op table.
+cdef class Tape:
+    cdef int32_t root
+    cdef int32_t* order          # op nodes, children before parents (backward()'s order)
+    cdef Py_ssize_t count
+    cdef int32_t* leaves         # the graph's leaves, each once (checked for a late _backward)
+    cdef Py_ssize_t nleaves
+    cdef int32_t* inputs         # bound input leaves, in feed order
+    cdef Py_ssize_t ninputs
+    cdef int32_t* params         # train_step's parameters
+    cdef Py_ssize_t nparams
+    cdef int32_t* update         # sgd_step's/adam_step's parameters, group after group
+    cdef Py_ssize_t nupdate
+    cdef list update_groups      # the lists of Values behind `update` (they keep the nodes alive)
+    cdef list group_sizes
+    cdef tuple input_shape
+    cdef bint is_open
+    cdef bint stale              # a forward failed midway: backward refuses until one succeeds
+    cdef unsigned long long checked_sets  # py_backward_sets when no captured node had a Python _backward
+
+    cdef void release(self) noexcept
+    cdef int check(self) except -1
+    cdef int run_forward(self) except -1
+    cdef int run_backward(self) except -1

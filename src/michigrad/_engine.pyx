@@ -62,6 +62,7 @@ A.live = 0
 A.allocations = 0
 A.reuses = 0
 cdef int32_t high_water = 0  # slots below this have been used before (for the reuse counter)
+cdef unsigned long long py_backward_sets = 0  # `_backward` assignments so far (replay checks it)
 
 
 # ===================================================================================== the arena
@@ -1310,6 +1311,8 @@ stores a single scalar value and its gradient"""
         cdef int32_t i = index_of(self)
         extra_of(i).backward = fn
         A.nodes[i].flags |= F_PY_BACKWARD
+        global py_backward_sets
+        py_backward_sets += 1
         track_if_needed(self)
 
     def _local_backward(self):
@@ -1525,3 +1528,4 @@ def _arena_check():
 
 
 include "_arrays.pxi"
+include "_replay.pxi"

@@ -1,0 +1,551 @@
+# Graph replay (issue #6): a recorded graph re-executed in C. Included at the end of _engine.pyx.
+#
+# A `Tape` records, once, the topological order `Value.backward()` uses (`topological_order`):
+# the op nodes of the graph, children before parents. Replaying it walks the arena nodes in that
+# order through the op table -- `node_forward` forward, `builtin_local_backward` backward -- so
+# every value and gradient is the same bits, and the same int/float type, as a fresh build of the
+# expression followed by `backward()`. The tape works on the arena nodes themselves (no copy to
+# sync): the Values a user holds show the new data and gradients at once.
+#
+# Lifetime: the tape holds a reference on the output node (which holds the whole graph) and on
+# every bound input and parameter, so no node of the graph can be freed while the tape is open;
+# `close()` (or the tape's deallocation) releases them. The replay loops run with the GIL held and
+# call no Python code, so no other thread can change the graph while one runs.
+#
+# Python-defined ops (an OP_PYTHON node, or any node whose `_backward` was set) are refused at
+# capture: their forward is unknown. Setting `_backward` on a captured node afterwards is caught
+# at the next replay (the engine counts `_backward` assignments, see `py_backward_sets`).
+
+from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
+from libc.math cimport sqrt
+from libc.string cimport memcpy
+from libc.stdint cimport uint8_t
+
+import sys as _sys
+
+# struct format strings of a native double (what a NumPy float64 array reports)
+cdef tuple NATIVE_DOUBLE_FORMATS = (b"d", b"@d", b"=d", b"<d" if _sys.byteorder == "little" else b">d")
+
+
+cdef str node_description(int32_t i):
+    """How errors name a node: its op label and, if it has one, its name."""
+    v = handle_of(i)
+    label = v._op or "leaf"
+    return f"'{label}' node" + (f" {v.name!r}" if v.name else "")
+
+
+cdef int32_t* copy_indices(list values, Py_ssize_t* count) except? NULL:
+    """The arena slots of a list of compiled Values, as a malloc'd array (NULL when empty)."""
+    cdef Py_ssize_t n = len(values), k
+    count[0] = n
+    if n == 0:
+        return NULL
+    cdef int32_t* out = <int32_t*>malloc(<size_t>n * sizeof(int32_t))
+    if out == NULL:
+        raise MemoryError()
+    for k in range(n):
+        out[k] = (<Value>values[k])._i
+    return out
+
+
+cdef class Tape:
+    """The compiled engine's recorded graph; use it through ``michigrad.Graph``.
+
+    Tape(output, inputs, input_shape, params): ``inputs`` and ``params`` are flat lists of Values
+    of this engine (inputs: leaves of the graph, fed in that order by ``feed``). Its fields are
+    declared in _engine.pxd."""
+
+    def __cinit__(self):
+        self.root = 0
+        self.is_open = False
+
+    def __init__(self, Value output not None, list inputs not None, tuple input_shape not None,
+                 list params not None):
+        cdef int32_t* order = NULL
+        cdef bint has_python
+        cdef Py_ssize_t k, j, count
+        cdef int32_t i, c
+        cdef uint32_t epoch
+        cdef Py_ssize_t cap
+        cdef void* grown
+        if self.is_open:
+            raise TypeError("Tape.__init__ cannot re-initialise a tape")
+        for what, values in (("inputs", inputs), ("params", params)):
+            for v in values:
+                if not isinstance(v, Value):
+                    raise TypeError(f"Graph {what} must be Values of the same engine as the "
+                                    f"output, not {type(v).__name__}")
+                index_of(<Value>v)
+        self.root = index_of(output)
+        count = topological_order(self.root, &order, &has_python)
+        try:
+            # the visit marks of topological_order say which nodes belong to the graph
+            epoch = A.epoch
+            for what, values in (("input", inputs), ("parameter", params)):
+                seen = set()
+                for k, v in enumerate(values):
+                    i = (<Value>v)._i
+                    if A.nodes[i].nkids or A.nodes[i].op != OP_LEAF:
+                        raise ValueError(f"Graph {what} {k} is not a leaf (it is a "
+                                         f"{node_description(i)}): only leaves can be fed or "
+                                         "trained")
+                    if what == "input" and A.nodes[i].mark != epoch:
+                        raise ValueError(f"Graph input {k} is not part of the output's graph")
+                    if i in seen:
+                        raise ValueError(f"Graph {what} {k} appears more than once")
+                    seen.add(i)
+            for k in range(count):
+                i = order[k]
+                if A.nodes[i].op == OP_PYTHON or A.nodes[i].flags & F_PY_BACKWARD:
+                    raise TypeError(
+                        f"Graph cannot replay the Python-defined op of a {node_description(i)}: "
+                        "its forward is unknown to the engine (only built-in ops replay); "
+                        "build this graph in Python each step instead")
+            # the leaves, each once: checked at replay for a _backward set after capture
+            self.leaves = <int32_t*>malloc(<size_t>max(count, 1) * 2 * sizeof(int32_t))
+            if self.leaves == NULL:
+                raise MemoryError()
+            epoch = next_epoch()
+            self.nleaves = 0
+            cap = max(count, 1) * 2
+            for k in range(count):
+                for j in range(A.nodes[order[k]].nkids):
+                    c = kid(&A.nodes[order[k]], <int32_t>j)
+                    if A.nodes[c].nkids == 0 and A.nodes[c].mark != epoch:
+                        A.nodes[c].mark = epoch
+                        if self.nleaves == cap:
+                            cap *= 2
+                            grown = <int32_t*>realloc(self.leaves, <size_t>cap * sizeof(int32_t))
+                            if grown == NULL:
+                                raise MemoryError()
+                            self.leaves = <int32_t*>grown
+                        self.leaves[self.nleaves] = c
+                        self.nleaves += 1
+            self.inputs = copy_indices(inputs, &self.ninputs)
+            self.params = copy_indices(params, &self.nparams)
+        except BaseException:
+            free(order)
+            free(self.leaves)
+            free(self.inputs)
+            self.leaves = self.inputs = NULL
+            raise
+        self.order = order
+        self.count = count
+        self.input_shape = input_shape
+        self.update_groups = []
+        self.group_sizes = []
+        incref_node(self.root)
+        for k in range(self.ninputs):
+            incref_node(self.inputs[k])
+        for k in range(self.nparams):
+            incref_node(self.params[k])
+        self.checked_sets = py_backward_sets
+        self.stale = False
+        self.is_open = True
+
+    def __dealloc__(self):
+        self.release()
+
+    cdef void release(self) noexcept:
+        """Drop every reference and buffer (idempotent)."""
+        cdef Py_ssize_t k
+        if not self.is_open:
+            return
+        self.is_open = False
+        for k in range(self.ninputs):
+            decref_node(self.inputs[k])
+        for k in range(self.nparams):
+            decref_node(self.params[k])
+        decref_node(self.root)
+        free(self.order)
+        free(self.leaves)
+        free(self.inputs)
+        free(self.params)
+        free(self.update)
+        self.order = self.leaves = self.inputs = self.params = self.update = NULL
+        self.count = self.nleaves = self.ninputs = self.nparams = self.nupdate = 0
+        self.update_groups = None
+
+    def close(self):
+        """Release the graph (idempotent): its nodes live on only where something else holds
+        them. Any later use raises RuntimeError."""
+        self.release()
+
+    @property
+    def closed(self):
+        return not self.is_open
+
+    def __len__(self):
+        """The number of op nodes replayed (the output counts only if it is one)."""
+        return self.count - (self.count > 0 and A.nodes[self.root].nkids == 0)
+
+    # --- checks -------------------------------------------------------------------------------
+
+    cdef int check(self) except -1:
+        """The tape is open, and no captured node got a Python _backward since capture."""
+        cdef Py_ssize_t k
+        if not self.is_open:
+            raise RuntimeError("this Graph is closed")
+        if py_backward_sets == self.checked_sets:
+            return 0
+        for k in range(self.count + self.nleaves):
+            i = self.order[k] if k < self.count else self.leaves[k - self.count]
+            if A.nodes[i].flags & F_PY_BACKWARD:
+                raise RuntimeError(
+                    f"a {node_description(i)} of this Graph was given a Python _backward after "
+                    "capture; the recorded graph no longer describes it (capture it again)")
+        self.checked_sets = py_backward_sets
+        return 0
+
+    # --- the replay loops ---------------------------------------------------------------------
+
+    cdef int run_forward(self) except -1:
+        """Recompute every op node from its children, children first. On a forward error (log
+        of a negative input, overflow, ...) raise what the Python operator raises; the nodes
+        before the failing one hold new values, the rest old ones, so the tape is stale."""
+        cdef Node* nodes = A.nodes
+        cdef int32_t* order = self.order
+        cdef Py_ssize_t k
+        cdef int error
+        self.check()
+        for k in range(self.count):
+            error = node_forward(nodes, order[k])
+            if error:
+                self.stale = True
+                raise_node_forward_error(nodes, order[k], error)
+        self.stale = False
+        return 0
+
+    cdef int run_backward(self) except -1:
+        """Zero the op nodes' gradients (a fresh node's int 0), set the output's to 1, and apply
+        every local backward in reverse order: a fresh `output.backward()`, bit for bit. Leaf
+        gradients accumulate, as in micrograd."""
+        cdef Node* nodes = A.nodes
+        cdef int32_t* order = self.order
+        cdef Node* n
+        cdef Py_ssize_t k
+        self.check()
+        if self.stale:
+            raise RuntimeError("this Graph's last forward() failed: its values are stale, so "
+                               "backward() would be wrong; run forward() successfully first")
+        for k in range(self.count):
+            n = &nodes[order[k]]
+            if n.nkids:
+                n.grad = 0.0
+                n.flags |= F_GRAD_INT
+        nodes[self.root].grad = 1.0
+        nodes[self.root].flags |= F_GRAD_INT
+        for k in range(self.count - 1, -1, -1):
+            builtin_local_backward(nodes, order[k])
+        return 0
+
+    def forward(self):
+        """Recompute the graph from its leaves' current data; returns the output's data."""
+        self.run_forward()
+        return number_object(A.nodes[self.root].data, A.nodes[self.root].flags & F_DATA_INT)
+
+    def backward(self):
+        """Zero the op nodes' gradients and back-propagate from the output (grad 1)."""
+        self.run_backward()
+
+    # --- training -----------------------------------------------------------------------------
+
+    def train_step(self, double lr):
+        """forward, zero the parameters' gradients, backward, `p.data -= lr * p.grad` for every
+        parameter (lr a float: optim.SGD's update then computes the same doubles). Returns the
+        output's data from this step's forward."""
+        self.run_forward()
+        zero_grads(self.params, self.nparams)
+        self.run_backward()
+        sgd_update(self.params, self.nparams, lr)
+        return number_object(A.nodes[self.root].data, A.nodes[self.root].flags & F_DATA_INT)
+
+    def set_update_groups(self, list groups not None):
+        """The parameter groups `sgd_step` updates (lists of Values, e.g. an SGD optimiser's)."""
+        cdef Py_ssize_t total = 0, k = 0
+        cdef int32_t* update
+        if not self.is_open:
+            raise RuntimeError("this Graph is closed")
+        groups = [list(g) for g in groups]
+        for g in groups:
+            for v in g:
+                if not isinstance(v, Value):
+                    raise TypeError(f"parameters must be Values of the graph's engine, not "
+                                    f"{type(v).__name__}")
+                index_of(<Value>v)
+            total += len(g)
+        update = <int32_t*>malloc(<size_t>max(total, 1) * sizeof(int32_t))
+        if update == NULL:
+            raise MemoryError()
+        for g in groups:
+            for v in g:
+                update[k] = (<Value>v)._i
+                k += 1
+        free(self.update)
+        self.update = update
+        self.nupdate = total
+        self.update_groups = groups  # holds the Values, hence their nodes
+        self.group_sizes = [len(g) for g in groups]
+
+    def sgd_step(self, list lrs not None):
+        """One step of a plain optim.SGD (no momentum, weight decay or maximize) over the groups
+        given to `set_update_groups`, with learning rate lrs[g] (floats) for group g: forward,
+        zero_grad, backward, `p.data -= lr * p.grad`. Returns the output's data."""
+        cdef Py_ssize_t g, start = 0, size
+        cdef double* rates
+        if not self.is_open:
+            raise RuntimeError("this Graph is closed")
+        if len(lrs) != len(self.group_sizes):
+            raise ValueError(f"sgd_step: {len(lrs)} learning rates for "
+                             f"{len(self.group_sizes)} parameter groups")
+        rates = <double*>malloc(<size_t>max(len(lrs), 1) * sizeof(double))
+        if rates == NULL:
+            raise MemoryError()
+        try:
+            for g in range(len(lrs)):
+                rates[g] = lrs[g]
+            self.run_forward()
+            zero_grads(self.update, self.nupdate)
+            self.run_backward()
+            for g in range(len(lrs)):
+                size = self.group_sizes[g]
+                sgd_update(self.update + start, size, rates[g])
+                start += size
+        finally:
+            free(rates)
+        return number_object(A.nodes[self.root].data, A.nodes[self.root].flags & F_DATA_INT)
+
+    def adam_step(self, list configs not None, dict state not None):
+        """One step of optim.Adam/AdamW over the groups given to `set_update_groups`: forward,
+        zero_grad, backward, then Adam's update with the very operations of `optim.Adam.step`
+        (so the same bits), reading and writing `state` (the optimiser's `state` dict) as it
+        does. configs[g] = (lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled),
+        floats with eps > 0. Returns the output's data, or None -- before changing anything --
+        when a parameter's state is not what Adam itself writes (the caller then runs the
+        optimiser in Python)."""
+        cdef Py_ssize_t g, k, i = 0, start = 0, size
+        cdef double lr, beta1, beta2, eps, wd, w1, x, grad, m, v, vmax, step_size, denom
+        cdef bint amsgrad, maximize, decoupled
+        cdef double t
+        cdef int32_t node
+        if not self.is_open:
+            raise RuntimeError("this Graph is closed")
+        if len(configs) != len(self.group_sizes):
+            raise ValueError(f"adam_step: {len(configs)} configurations for "
+                             f"{len(self.group_sizes)} parameter groups")
+        for g in range(len(configs)):
+            amsgrad = configs[g][5]
+            for k in range(<Py_ssize_t>self.group_sizes[g]):
+                st = state.get(i)
+                if st is not None and not adam_state_is_plain(st, amsgrad):
+                    return None
+                i += 1
+        self.run_forward()
+        zero_grads(self.update, self.nupdate)
+        self.run_backward()
+        i = 0
+        for g in range(len(configs)):
+            lr, beta1, beta2, eps, wd, amsgrad, maximize, decoupled = configs[g]
+            w1 = 1.0 - beta1
+            size = self.group_sizes[g]
+            for k in range(size):
+                # A.nodes is re-read at each use: the dict operations below may run the GC
+                node = self.update[start + k]
+                grad = A.nodes[node].grad
+                if maximize:  # -p.grad: an int has no negative zero
+                    grad = -grad + 0.0 if A.nodes[node].flags & F_GRAD_INT else -grad
+                st = state.get(i)
+                if st is None:
+                    st = {"step": 0, "exp_avg": 0.0, "exp_avg_sq": 0.0}
+                    if amsgrad:
+                        st["max_exp_avg_sq"] = 0.0
+                    state[i] = st
+                i += 1
+                st["step"] = st["step"] + 1
+                t = <double>st["step"]
+                x = A.nodes[node].data
+                if wd != 0.0:
+                    if decoupled:
+                        x = x * (1.0 - lr * wd)
+                    else:
+                        grad = grad + wd * x
+                m = st["exp_avg"]
+                if fabs(w1) < 0.5:  # torch's lerp, as optim.Adam writes it
+                    m = m + w1 * (grad - m)
+                else:
+                    m = grad - (grad - m) * (1.0 - w1)
+                v = <double>st["exp_avg_sq"] * beta2 + (1.0 - beta2) * grad * grad
+                st["exp_avg"] = m
+                st["exp_avg_sq"] = v
+                if amsgrad:
+                    vmax = st["max_exp_avg_sq"]
+                    if v > vmax:  # Python's max(a, v): a unless v > a
+                        vmax = v
+                    st["max_exp_avg_sq"] = vmax
+                    v = vmax
+                step_size = lr / (1.0 - pow(beta1, t))
+                denom = sqrt(v) / pow(1.0 - pow(beta2, t), 0.5) + eps
+                A.nodes[node].data = x + -step_size * m / denom
+                A.nodes[node].flags &= ~F_DATA_INT
+            start += size
+        return number_object(A.nodes[self.root].data, A.nodes[self.root].flags & F_DATA_INT)
+
+    # --- feeding ------------------------------------------------------------------------------
+
+    def feed(self, batch):
+        """Set the bound inputs' data from `batch`: a (nested) list or tuple of numbers, or an
+        object with the buffer protocol (a NumPy array), of the inputs' shape, read in C order.
+        A C-contiguous float64 array is copied without touching Python objects; other arrays go
+        through one `tolist()`. Nothing changes unless the whole batch is valid."""
+        cdef double* values
+        cdef uint8_t* ints
+        cdef Py_ssize_t k, n = self.ninputs
+        cdef Node* nodes
+        if not self.is_open:
+            raise RuntimeError("this Graph is closed")
+        if n == 0:
+            raise ValueError("this Graph has no bound inputs: capture it with Graph(output, "
+                             "inputs=...) to feed it")
+        values = <double*>malloc(<size_t>n * sizeof(double))
+        ints = <uint8_t*>malloc(<size_t>n)
+        if values == NULL or ints == NULL:
+            free(values)
+            free(ints)
+            raise MemoryError()
+        try:
+            read_batch(batch, self.input_shape, n, values, ints)
+            nodes = A.nodes
+            for k in range(n):
+                nodes[self.inputs[k]].data = values[k]
+                nodes[self.inputs[k]].flags = ((nodes[self.inputs[k]].flags & ~F_DATA_INT)
+                                               | (F_DATA_INT if ints[k] else 0))
+        finally:
+            free(values)
+            free(ints)
+
+    # --- export -------------------------------------------------------------------------------
+
+    def export(self, list params not None):
+        """The tape as plain lists, numbered graph-locally (leaves first, then the op nodes in
+        forward order): see michigrad.Graph.export_tape."""
+        cdef Py_ssize_t k, j
+        cdef int32_t i
+        cdef Node* n
+        if not self.is_open:
+            raise RuntimeError("this Graph is closed")
+        local = {}
+        data, is_int = [], []
+        for k in range(self.nleaves + self.count):
+            i = self.leaves[k] if k < self.nleaves else self.order[k - self.nleaves]
+            local[i] = k
+            data.append(A.nodes[i].data)
+            is_int.append(bool(A.nodes[i].flags & F_DATA_INT))
+        ops, aux, kid_start, kids = [], [], [0], []
+        for k in range(self.count):
+            n = &A.nodes[self.order[k]]
+            ops.append(n.op)
+            aux.append(n.aux)
+            for j in range(n.nkids):
+                kids.append(local[kid(n, <int32_t>j)])
+            kid_start.append(len(kids))
+        missing = [k for k, v in enumerate(params) if (<Value>v)._i not in local]
+        if missing:
+            raise ValueError(f"export_tape: parameters {missing[:5]} are not in the graph")
+        return {
+            "nleaves": self.nleaves, "data": data, "is_int": is_int, "ops": ops, "aux": aux,
+            "kid_start": kid_start, "kids": kids, "output": local[self.root],
+            "params": [local[(<Value>v)._i] for v in params],
+            "inputs": [local[self.inputs[k]] for k in range(self.ninputs)],
+            "op_codes": {label or "leaf": code for code, label in OP_LABELS.items() if code != OP_PYTHON} | {"**c": OP_POWC},
+        }
+
+
+cdef void zero_grads(int32_t* params, Py_ssize_t n) noexcept:
+    """p.grad = 0 (micrograd's int 0) for each parameter: optim's zero_grad()."""
+    cdef Node* nodes = A.nodes
+    cdef Py_ssize_t k
+    for k in range(n):
+        nodes[params[k]].grad = 0.0
+        nodes[params[k]].flags |= F_GRAD_INT
+
+
+cdef void sgd_update(int32_t* params, Py_ssize_t n, double lr) noexcept:
+    """`p.data -= lr * p.grad` for a float lr, as Python computes it: int operands convert to
+    float exactly (|x| < 2**53), so the result is these two doubles' operations, and a float."""
+    cdef Node* nodes = A.nodes
+    cdef Node* p
+    cdef Py_ssize_t k
+    for k in range(n):
+        p = &nodes[params[k]]
+        p.data = p.data - lr * p.grad
+        p.flags &= ~F_DATA_INT
+
+
+cdef bint adam_state_is_plain(object st, bint amsgrad):
+    """Whether an Adam state entry holds what optim.Adam writes (an int step below 2**53, float
+    averages, non-negative second moments), so that adam_step computes the same numbers."""
+    if type(st) is not dict:
+        return False
+    step, m, v = st.get("step"), st.get("exp_avg"), st.get("exp_avg_sq")
+    if type(step) is not int or not 0 <= step < 9007199254740991:
+        return False
+    if type(m) is not float or type(v) is not float or not v >= 0.0:
+        return False
+    if amsgrad:
+        vmax = st.get("max_exp_avg_sq")
+        return type(vmax) is float and vmax >= 0.0
+    return True
+
+
+cdef int read_batch(object batch, tuple shape, Py_ssize_t n, double* values, uint8_t* ints) except -1:
+    """Fill values/ints (n numbers, C order) from a batch of the given shape."""
+    cdef Py_buffer view
+    cdef Py_ssize_t k
+    if isinstance(batch, (list, tuple)) or not shape:
+        read_nested(batch, shape, 0, values, ints, 0)
+        return 0
+    if PyObject_CheckBuffer(batch):
+        PyObject_GetBuffer(batch, &view, PyBUF_RECORDS_RO)
+        try:
+            if (view.format != NULL and <bytes>view.format in NATIVE_DOUBLE_FORMATS
+                    and view.itemsize == sizeof(double) and PyBuffer_IsContiguous(&view, b'C')):
+                got = tuple([view.shape[k] for k in range(view.ndim)])
+                if got != shape:
+                    raise ValueError(f"feed: expected a batch of shape {shape}, got {got}")
+                memcpy(values, view.buf, <size_t>n * sizeof(double))
+                memset(ints, 0, <size_t>n)
+                return 0
+        finally:
+            PyBuffer_Release(&view)
+    if hasattr(batch, "tolist"):  # other arrays: one conversion to nested lists (ints stay ints)
+        got = getattr(batch, "shape", None)
+        if got is not None and tuple(got) != shape:
+            raise ValueError(f"feed: expected a batch of shape {shape}, got {tuple(got)}")
+        return read_batch(batch.tolist(), shape, n, values, ints)
+    raise TypeError(f"feed: a batch must be a list, a tuple or an array of numbers, not "
+                    f"{type(batch).__name__}")
+
+
+cdef Py_ssize_t read_nested(object obj, tuple shape, Py_ssize_t depth, double* values,
+                            uint8_t* ints, Py_ssize_t pos) except -1:
+    """Read nested lists/tuples of numbers of exactly `shape` into values[pos:]; returns the
+    next position."""
+    cdef double x
+    cdef bint xi
+    if depth == len(shape):
+        if isinstance(obj, (list, tuple)):
+            raise ValueError(f"feed: the batch is nested deeper than the inputs' shape {shape}")
+        if not as_number(obj, &x, &xi):
+            raise TypeError(f"feed: batch items must be real numbers, not {type(obj).__name__}")
+        values[pos] = x
+        ints[pos] = xi
+        return pos + 1
+    if not isinstance(obj, (list, tuple)):
+        raise ValueError(f"feed: expected a batch of shape {shape}, found "
+                         f"{type(obj).__name__} where a sequence of {shape[depth]} belongs")
+    if len(obj) != shape[depth]:
+        raise ValueError(f"feed: expected a batch of shape {shape}, found a sequence of "
+                         f"{len(obj)} where one of {shape[depth]} belongs")
+    for item in obj:
+        pos = read_nested(item, shape, depth + 1, values, ints, pos)
+    return pos
