@@ -51,6 +51,7 @@ Rules, and what is refused (with the exception raised):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any, Union
 
@@ -66,10 +67,24 @@ __all__ = ["Graph"]
 Number = Union[int, float]
 
 
+def _array_elements(x: Any) -> tuple[list[Any], tuple[int, ...]] | None:
+    """The element Values (flat, C order) and shape of a ``michigrad.MLArray``, or None for
+    anything else. Arrays are recognised without importing michigrad.array (it needs numpy):
+    an MLArray exists only once that module has been imported."""
+    array = sys.modules.get("michigrad.array")
+    if array is None or not isinstance(x, array.MLArrayBase):
+        return None
+    return x.values(), tuple(x.shape)
+
+
 def _flatten(values: Any, cls: type, what: str) -> tuple[list[Any], tuple[int, ...]]:
-    """A Value or (nested, rectangular) lists/tuples of Values: flat in C order, and the shape."""
+    """A Value, an MLArray, or (nested, rectangular) lists/tuples of Values: flat in C order,
+    and the shape."""
     if isinstance(values, cls):
         return [values], ()
+    elements = _array_elements(values)
+    if elements is not None:
+        return elements
     if not isinstance(values, (list, tuple)):
         raise TypeError(f"Graph {what} must be Values of the output's engine (or nested lists "
                         f"of them), not {type(values).__name__}")
@@ -81,17 +96,34 @@ def _flatten(values: Any, cls: type, what: str) -> tuple[list[Any], tuple[int, .
     return [v for flat, _ in parts for v in flat], (len(values),) + inner
 
 
+def _flatten_params(params: Iterable[Any]) -> list[Any]:
+    """Parameters as a flat list of Values: MLArrays among them give their elements."""
+    flat: list[Any] = []
+    for p in params:
+        elements = _array_elements(p)
+        flat.extend([p] if elements is None else elements[0])
+    return flat
+
+
 class Graph:
     """Graph(output, inputs=None, params=None): the graph behind ``output``, recorded for replay.
 
-    ``inputs``: leaves of the graph that ``feed(batch)`` sets -- a Value or (nested) lists of
-    Values; a batch must have the same shape. ``params``: the leaves ``train_step(lr)`` updates
-    (e.g. ``model.parameters()``). Both engines are supported; the output's type picks the engine.
+    ``output``: a Value, or a one-element ``MLArray`` (a loss from ``.sum()``/``.mean()``).
+    ``inputs``: leaves of the graph that ``feed(batch)`` sets -- a Value, (nested) lists of
+    Values or an ``MLArray``; a batch must have the same shape. ``params``: the leaves
+    ``train_step(lr)`` updates (e.g. ``model.parameters()``; MLArrays give their elements). Both
+    engines are supported; the output's type picks the engine.
     """
 
     def __init__(self, output: Any, inputs: Any = None, params: Iterable[Any] | None = None) -> None:
         cls: type
         tape_cls: Any
+        elements = _array_elements(output)
+        if elements is not None:  # a one-element MLArray (e.g. a loss from .sum() or .mean())
+            if len(elements[0]) != 1:
+                raise ValueError(f"Graph needs a one-element output, not an MLArray of shape "
+                                 f"{elements[1]} (reduce it first, e.g. with .sum())")
+            output = elements[0][0]
         if _engine is not None and isinstance(output, _engine.Value):
             cls, tape_cls = _engine.Value, _engine.Tape
         elif isinstance(output, _reference.Value):
@@ -99,7 +131,7 @@ class Graph:
         else:
             raise TypeError(f"Graph needs a michigrad Value as output, not {type(output).__name__}")
         flat_inputs, shape = ([], (0,)) if inputs is None else _flatten(inputs, cls, "inputs")
-        flat_params = [] if params is None else list(params)
+        flat_params = [] if params is None else _flatten_params(params)
         self._tape: Any = tape_cls(output, flat_inputs, shape, flat_params)
         self._output = output
         self._inputs, self._params = flat_inputs, flat_params
