@@ -472,6 +472,22 @@ def test_reshape(MLArray):
         a.reshape(-1, -1)
 
 
+def test_reshape_is_a_view_where_numpy_gives_one_else_a_copy_of_the_same_nodes(MLArray):
+    data = np.arange(6.0).reshape(2, 3)
+    a, expected = MLArray(data), data.copy()
+    flat = a.T.reshape(6)  # NumPy copies here: assigning to it leaves a alone
+    flat[0] = 99.0
+    expected.T.reshape(6)[0] = 99.0
+    assert a.to_list() == expected.tolist()
+    assert flat[1] is a[1, 0]  # still the same nodes: gradients flow back into a
+    view = a.reshape(3, 2)  # NumPy gives a view here: assigning to it changes a
+    view[0, 0] = 7.0
+    expected.reshape(3, 2)[0, 0] = 7.0
+    assert a.to_list() == expected.tolist()
+    (a.T.reshape(6) * 2).sum().backward()
+    assert a.grad().to_list() == [[2, 2, 2], [2, 2, 2]]
+
+
 def test_transpose(MLArray):
     x = rnd((2, 3, 4), 11)
     a = MLArray(x)

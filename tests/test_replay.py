@@ -639,3 +639,65 @@ def test_export_tape_describes_the_graph() -> None:
         from michigrad._reference import Value as RValue
 
         Graph(RValue(1.0) * 2).export_tape()
+
+
+# --- Python code run by a replay method cannot pull the graph from under it ---------------------
+
+
+def test_closing_a_graph_from_the_batch_it_is_reading_is_refused(Value: type) -> None:
+    x, y = Value(1.0), Value(2.0)
+    g = Graph(x * y, inputs=[x, y])
+
+    class ClosesTheGraph:
+        def __float__(self) -> float:
+            g.close()
+            return 3.0
+
+    class ArrayThatClosesTheGraph:
+        shape = (2,)
+
+        def tolist(self) -> list[float]:
+            g.close()
+            return [3.0, 4.0]
+
+    for batch in ([ClosesTheGraph(), 1.0], ArrayThatClosesTheGraph()):
+        with pytest.raises(RuntimeError, match="cannot be closed while"):
+            g.feed(batch)
+        assert not g.closed and (x.data, y.data) == (1.0, 2.0)
+    g.feed([5.0, 6.0])
+    assert g.forward() == 30.0
+
+
+def test_a_gc_callback_cannot_close_a_graph_during_its_adam_step() -> None:
+    from michigrad._engine import Value
+
+    params = [Value(0.5) for _ in range(3000)]  # enough new state dicts to run the GC
+    g = Graph(sum((p * p for p in params), Value(0.0)), params=params)
+    opt = optim.Adam(params, lr=0.01)
+    refused: list[bool] = []
+
+    def close_on_collection(phase: str, info: dict) -> None:
+        # opt.state fills inside the tape's Adam update, while it holds its buffers
+        if phase == "start" and opt.state and not refused:
+            try:
+                g.close()
+            except RuntimeError:
+                refused.append(True)
+
+    gc.callbacks.append(close_on_collection)
+    try:
+        assert g.step(opt) == 750.0  # its 3000 new state dicts trigger a collection
+    finally:
+        gc.callbacks.remove(close_on_collection)
+    assert refused == [True] and not g.closed
+    assert all(p.data != 0.5 for p in params)
+
+
+def test_a_tape_shape_must_hold_exactly_its_inputs(engine: str) -> None:
+    module = importlib.import_module({"compiled": "michigrad._engine",
+                                      "reference": "michigrad._reference_replay"}[engine])
+    value = engine_module(engine).Value
+    x, z = value(1.0), value(2.0)
+    for shape in ((1,), (), (3,)):
+        with pytest.raises(ValueError, match="holds .* numbers, but there are 2 inputs"):
+            module.Tape(x * z, [x, z], shape, [])

@@ -133,6 +133,7 @@ cdef class Tape:
     cdef list group_sizes
     cdef tuple input_shape
     cdef bint is_open
+    cdef int busy                # > 0 while a method that may run Python code holds the buffers
     cdef bint stale              # a forward failed midway: backward refuses until one succeeds
     cdef unsigned long long checked_sets  # py_backward_sets when no captured node had a Python _backward
 
@@ -140,3 +141,7 @@ cdef class Tape:
     cdef int check(self) except -1
     cdef int run_forward(self) except -1
     cdef int run_backward(self) except -1
+    cdef object set_update_groups_body(self, list groups)
+    cdef object sgd_step_body(self, list lrs)
+    cdef object adam_step_body(self, list configs, dict state)
+    cdef object export_body(self, list params)

@@ -9,6 +9,7 @@ while it is open.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,10 @@ class Tape:
                 if not isinstance(v, Value):
                     raise TypeError(f"Graph {what} must be Values of the same engine as the "
                                     f"output, not {type(v).__name__}")
+        size = math.prod(input_shape)
+        if size != len(inputs):  # feed reads exactly len(inputs) numbers of this shape
+            raise ValueError(f"Tape: input_shape {input_shape} holds {size} numbers, but there "
+                             f"are {len(inputs)} inputs")
         topo = _topological_order(output)
         members = {id(v) for v in topo}
         for what, values in (("input", inputs), ("parameter", params)):
@@ -59,8 +64,12 @@ class Tape:
         self._update_groups: list[list[Value]] = []
         self._stale = False
         self._closed = False
+        self._busy = 0  # > 0 while feed runs Python code (as the compiled tape, close() refuses)
 
     def close(self) -> None:
+        if self._busy:
+            raise RuntimeError("a Graph cannot be closed while one of its own methods is running "
+                               "(close() was called from Python code that method called)")
         self._closed = True
         self._nodes, self._ops, self._inputs, self._params = [], [], [], []
         self._update_groups = []
@@ -160,16 +169,20 @@ class Tape:
             raise ValueError("this Graph has no bound inputs: capture it with Graph(output, "
                              "inputs=...) to feed it")
         shape = self._input_shape
-        if not isinstance(batch, (list, tuple)) and shape:
-            if not hasattr(batch, "tolist"):
-                raise TypeError(f"feed: a batch must be a list, a tuple or an array of numbers, "
-                                f"not {type(batch).__name__}")
-            got = getattr(batch, "shape", None)
-            if got is not None and tuple(got) != shape:
-                raise ValueError(f"feed: expected a batch of shape {shape}, got {tuple(got)}")
-            batch = batch.tolist()
         values: list[Number] = []
-        _read_nested(batch, shape, 0, values)
+        self._busy += 1
+        try:
+            if not isinstance(batch, (list, tuple)) and shape:
+                if not hasattr(batch, "tolist"):
+                    raise TypeError(f"feed: a batch must be a list, a tuple or an array of "
+                                    f"numbers, not {type(batch).__name__}")
+                got = getattr(batch, "shape", None)
+                if got is not None and tuple(got) != shape:
+                    raise ValueError(f"feed: expected a batch of shape {shape}, got {tuple(got)}")
+                batch = batch.tolist()
+            _read_nested(batch, shape, 0, values)
+        finally:
+            self._busy -= 1
         for v, x in zip(self._inputs, values):
             v._data = x
 

@@ -76,6 +76,12 @@ cdef class Tape:
                     raise TypeError(f"Graph {what} must be Values of the same engine as the "
                                     f"output, not {type(v).__name__}")
                 index_of(<Value>v)
+        size = 1
+        for extent in input_shape:
+            size *= extent
+        if size != len(inputs):  # feed reads exactly len(inputs) numbers of this shape
+            raise ValueError(f"Tape: input_shape {input_shape} holds {size} numbers, but there "
+                             f"are {len(inputs)} inputs")
         self.root = index_of(output)
         count = topological_order(self.root, &order, &has_python)
         try:
@@ -168,7 +174,12 @@ cdef class Tape:
 
     def close(self):
         """Release the graph (idempotent): its nodes live on only where something else holds
-        them. Any later use raises RuntimeError."""
+        them. Any later use raises RuntimeError. Refused while one of this tape's own methods
+        is running Python code (a number's __float__, the GC, ...): that method still holds
+        the buffers close() would free."""
+        if self.busy:
+            raise RuntimeError("a Graph cannot be closed while one of its own methods is running "
+                               "(close() was called from Python code that method called)")
         self.release()
 
     @property
@@ -262,6 +273,14 @@ cdef class Tape:
 
     def set_update_groups(self, list groups not None):
         """The parameter groups `sgd_step` updates (lists of Values, e.g. an SGD optimiser's)."""
+        self.busy += 1  # it runs Python code (conversions, dicts, the GC) while holding buffers
+        try:
+            return self.set_update_groups_body(groups)
+        finally:
+            self.busy -= 1
+
+    cdef object set_update_groups_body(self, list groups):
+        """set_update_groups's work (see set_update_groups); the caller holds the tape busy."""
         cdef Py_ssize_t total = 0, k = 0
         cdef int32_t* update
         if not self.is_open:
@@ -291,6 +310,14 @@ cdef class Tape:
         """One step of a plain optim.SGD (no momentum, weight decay or maximize) over the groups
         given to `set_update_groups`, with learning rate lrs[g] (floats) for group g: forward,
         zero_grad, backward, `p.data -= lr * p.grad`. Returns the output's data."""
+        self.busy += 1  # it runs Python code (conversions, dicts, the GC) while holding buffers
+        try:
+            return self.sgd_step_body(lrs)
+        finally:
+            self.busy -= 1
+
+    cdef object sgd_step_body(self, list lrs):
+        """sgd_step's work (see sgd_step); the caller holds the tape busy."""
         cdef Py_ssize_t g, start = 0, size
         cdef double* rates
         if not self.is_open:
@@ -323,6 +350,14 @@ cdef class Tape:
         floats with eps > 0. Returns the output's data, or None -- before changing anything --
         when a parameter's state is not what Adam itself writes (the caller then runs the
         optimiser in Python)."""
+        self.busy += 1  # it runs Python code (conversions, dicts, the GC) while holding buffers
+        try:
+            return self.adam_step_body(configs, state)
+        finally:
+            self.busy -= 1
+
+    cdef object adam_step_body(self, list configs, dict state):
+        """adam_step's work (see adam_step); the caller holds the tape busy."""
         cdef Py_ssize_t g, k, i = 0, start = 0, size
         cdef double lr, beta1, beta2, eps, wd, w1, x, grad, m, v, vmax, step_size, denom
         cdef bint amsgrad, maximize, decoupled
@@ -412,6 +447,7 @@ cdef class Tape:
             free(values)
             free(ints)
             raise MemoryError()
+        self.busy += 1  # read_batch runs Python code (__float__, tolist, the GC)
         try:
             read_batch(batch, self.input_shape, n, values, ints)
             nodes = A.nodes
@@ -420,6 +456,7 @@ cdef class Tape:
                 nodes[self.inputs[k]].flags = ((nodes[self.inputs[k]].flags & ~F_DATA_INT)
                                                | (F_DATA_INT if ints[k] else 0))
         finally:
+            self.busy -= 1
             free(values)
             free(ints)
 
@@ -428,6 +465,14 @@ cdef class Tape:
     def export(self, list params not None):
         """The tape as plain lists, numbered graph-locally (leaves first, then the op nodes in
         forward order): see michigrad.Graph.export_tape."""
+        self.busy += 1  # it runs Python code (conversions, dicts, the GC) while holding buffers
+        try:
+            return self.export_body(params)
+        finally:
+            self.busy -= 1
+
+    cdef object export_body(self, list params):
+        """export's work (see export); the caller holds the tape busy."""
         cdef Py_ssize_t k, j
         cdef int32_t i
         cdef Node* n
@@ -448,6 +493,10 @@ cdef class Tape:
             for j in range(n.nkids):
                 kids.append(local[kid(n, <int32_t>j)])
             kid_start.append(len(kids))
+        for v in params:
+            if not isinstance(v, Value):
+                raise TypeError(f"export_tape: parameters must be Values of the graph's engine, "
+                                f"not {type(v).__name__}")
         missing = [k for k, v in enumerate(params) if (<Value>v)._i not in local]
         if missing:
             raise ValueError(f"export_tape: parameters {missing[:5]} are not in the graph")

@@ -663,10 +663,15 @@ class MLArrayBase:
 
     def reshape(self, *shape: Any) -> MLArrayBase:
         """The same elements in a new shape (varargs or a tuple; one dimension may be -1).
-        A view: it shares the nodes' slots with this array."""
+        As in NumPy, a view sharing this array's slots when the layout allows (assigning
+        through it changes this array), else a new array of the same nodes (a transposed
+        array reshaped, say); gradients flow either way."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return type(self)._wrap(self._store, self._index.reshape(shape))
+        index = self._index.reshape(shape)
+        if index.size == 0 or np.may_share_memory(index, self._index):
+            return type(self)._wrap(self._store, index)
+        return type(self)._gather(self._store, index)
 
     def transpose(self, *axes: Any) -> MLArrayBase:
         """The axes permuted (reversed by default); a view."""
