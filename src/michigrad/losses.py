@@ -12,9 +12,13 @@ kernel call each, not a node at a time), ``reduction="none"`` gives an MLArray, 
 is the Value of a 0-d array -- the same numbers as the scalar form computes element by element.
 
 Each loss is built from the engine's own ops, so its gradient is exact and ``backward()`` runs in
-the compiled core; where the textbook formula overflows (``exp`` of a large logit) the graph is
-chosen from the sign of the input so that no intermediate can. The class forms (``MSELoss()``,
-...) are for code written the PyTorch way: ``criterion = MSELoss(); loss = criterion(y, t)``.
+the compiled core. No loss decides anything in Python from today's numbers: every data-dependent
+choice (Huber's two branches, the stable softplus, the clamped log, the log-sum-exp shift) is
+itself an op (``relu``, ``abs``, ``max``), so a graph recorded once by ``michigrad.Graph`` and
+replayed with new data computes what a fresh build would -- and where the textbook formula
+overflows (``exp`` of a large logit) the ops keep every intermediate finite, on replay too. The
+class forms (``MSELoss()``, ...) are for code written the PyTorch way:
+``criterion = MSELoss(); loss = criterion(y, t)``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 # torch clamps log(p) at -100 in binary_cross_entropy, so p = 0 costs 100, not infinity
 _LOG_FLOOR = -100.0
 _LOG_FLOOR_INPUT = math.exp(_LOG_FLOOR)
+# ... and below the clamp its gradient is 1/max(p, 1e-12): this slope, for every p < e**-100
+_LOG_FLOOR_SLOPE = 1e12
 
 
 def _is_scalar(x: Any) -> bool:
@@ -140,15 +146,21 @@ def huber_loss(input: Nested, target: Nested, reduction: str = "mean",
         raise ValueError(f"huber_loss: delta must be positive, not {delta}")
     if _is_array(input) or _is_array(target):
         x, t = _array_pair(input, target, "huber_loss")
-        return _array_reduce(_array_huber(x - t, delta), reduction)
-    losses = []
-    for x, y in _pairs(input, target, "huber_loss"):
-        d = _value(x) - y
-        if abs(d.data) < delta:
-            losses.append(0.5 * d**2)
-        else:
-            losses.append(delta * (d.abs() - 0.5 * delta))
-    return _reduce(losses, reduction)
+        return _array_reduce(_huber(x - t, delta), reduction)
+    return _reduce([_huber(_value(x) - y, delta) for x, y in _pairs(input, target, "huber_loss")],
+                   reduction)
+
+
+def _huber(d: Any, delta: float) -> Any:
+    """Huber of d (a Value or an MLArray) without a branch: with a = |d|, the excess
+    r = relu(a - delta) and q = a - r = min(a, delta), ``0.5*q**2 + delta*r``. Where a < delta,
+    r is 0 and this is ``0.5*d**2`` to the last bit; beyond, ``0.5*delta**2 + delta*(a - delta)``
+    (the linear branch up to rounding), whose gradient is delta*sign(d) exactly (q's is 0).
+    A replayed graph re-decides the side per element: relu does."""
+    a = d.abs()
+    r = (a - delta).relu()
+    q = a - r
+    return 0.5 * q**2 + delta * r
 
 
 # =========================================================================== classification
@@ -174,18 +186,20 @@ def hinge_loss(input: Nested, target: Nested, reduction: str = "mean",
                     for s, y in _pairs(input, target, "hinge_loss")], reduction)
 
 
-def _log_clamped(p: Value) -> Value:
+def _log_clamped(p: Any) -> Any:
     """log(p) clamped below at -100 (torch's binary_cross_entropy): p = 0 gives a finite loss.
-    Below the clamp the gradient is 1/max(p, 1e-12), as torch's, so training can recover."""
-    if p.data > _LOG_FLOOR_INPUT:
-        return p.log()
-    out = type(p)(_LOG_FLOOR, (p,), "log")
+    Below the clamp the gradient is 1/max(p, 1e-12) = 1e12, as torch's, so training can recover.
 
-    def _backward() -> None:
-        p.grad += out.grad / max(p.data, 1e-12)
-
-    out._backward = _backward
-    return out
+    Built from ops (p a Value or an MLArray), so a replayed graph clamps the new p:
+    ``log(e**-100 + relu(p - e**-100)) - 1e12 * relu(e**-100 - p)``. Above the floor the first
+    log's argument is p (exactly, unless p < ~1e-27, where it may differ by an ulp) and the second
+    term is 0: log(p), gradient 1/p. Below it the argument is exactly e**-100, whose log is exactly
+    -100.0, and relu's flat side gives it the gradient 0 (not 1 - 1: the two would not cancel in
+    floating point next to 1/e**-100); the second term, at most 4e-32 in size, vanishes next to
+    -100 but supplies the gradient 1e12. (At p = e**-100 exactly both relus are at their kink,
+    where the gradient is 0.)"""
+    lo = _LOG_FLOOR_INPUT
+    return (lo + (p - lo).relu()).log() - _LOG_FLOOR_SLOPE * (lo - p).relu()
 
 
 
@@ -219,12 +233,15 @@ def binary_cross_entropy(input: Nested, target: Nested,
     return _reduce(losses, reduction)
 
 
-def _softplus(z: Value) -> Value:
-    """log(1 + e**z) without overflow: the branch is chosen by the sign of z so that exp only
-    ever sees a non-positive argument; either way the gradient is sigmoid(z), exactly."""
-    if z.data >= 0:
-        return z + (1 + (-z).exp()).log()
-    return (1 + z.exp()).log()
+def _softplus(z: Any) -> Any:
+    """log(1 + e**z) without overflow and without a branch (z a Value or an MLArray):
+    ``relu(z) + log(1 + e**-|z|)``, exp only ever seeing a non-positive argument, on replay too.
+    relu(z) is written 0.5*(z + |z|): the same number exactly (z + |z| is 2z or 0), but at z = 0
+    its gradient is 0.5 (abs' is 0 there), so the gradient is sigmoid(z) everywhere, 0 included,
+    where relu's kink would give 0 or 1. The values are those of the old sign-chosen graphs
+    (z + log(1 + e**-z), log(1 + e**z)) to the last bit."""
+    a = z.abs()
+    return 0.5 * (z + a) + (1 + (-a).exp()).log()
 
 
 
@@ -242,7 +259,7 @@ def binary_cross_entropy_with_logits(input: Nested, target: Nested,
     _check_reduction(reduction)
     if _is_array(input) or _is_array(target):
         z, t = _array_pair(input, target, "binary_cross_entropy_with_logits")
-        return _array_reduce(_array_softplus(z) - t * z, reduction)
+        return _array_reduce(_softplus(z) - t * z, reduction)
     losses = []
     for z, t in _pairs(input, target, "binary_cross_entropy_with_logits"):
         z = _value(z)
@@ -250,13 +267,28 @@ def binary_cross_entropy_with_logits(input: Nested, target: Nested,
     return _reduce(losses, reduction)
 
 
+def _max_of(zs: list[Value]) -> Value:
+    """A node whose value is max(zs) up to rounding: the left fold m <- m + relu(z - m), so a
+    replayed graph shifts by the new data's max (a constant taken from today's data would not:
+    replayed with larger logits, exp would overflow). When z > m, m + (z - m) is z up to an ulp
+    or two of |z - m|; the shift only needs the largest exponent near 0, and the loss does not
+    depend on it mathematically (its gradient, 1 - Σ softmax, is rounding noise). Scalar Values
+    have no n-ary max op; the MLArray form uses the exact max node instead. Needs finite logits
+    (a leading -inf gives -inf + inf = nan) whose spread is below ~1e18 (beyond, the fold's
+    rounding error can exceed exp's range)."""
+    m = zs[0]
+    for z in zs[1:]:
+        m = m + (z - m).relu()
+    return m
+
+
 def _cross_entropy_one(logits: Sequence[Any], target: Any) -> Any:
-    """-log softmax(logits)[target] = log Σ exp(zᵢ - m) - (z_target - m), m = max(z): the
-    largest exponent is 0, so nothing overflows. m is a constant (its gradient cancels)."""
+    """-log softmax(logits)[target] = log Σ exp(zᵢ - m) - (z_target - m), m = max(z) (see
+    _max_of): the largest exponent is about 0, so nothing overflows."""
     zs = [_value(z) for z in logits]
     if not zs:
         raise ValueError("cross_entropy: empty logits")
-    m = max(z.data for z in zs)
+    m = _max_of(zs)
     shifted = [z - m for z in zs]
     log_sum: Value = sum(s.exp() for s in shifted).log()  # type: ignore[union-attr]
     if _is_scalar(target) and not isinstance(target, Value):
@@ -300,9 +332,9 @@ def cross_entropy(input: Sequence[Any], target: Any, reduction: str = "mean") ->
 
 
 # ============================================================================ MLArray inputs
-# The same graphs as the scalar forms above, built an array operation at a time. Where the
-# scalar form picks a graph per element (huber, softplus, the clamped log), the array form builds
-# each graph on the elements that need it and assembles the result with __setitem__.
+# The same graphs as the scalar forms above, built an array operation at a time (_huber,
+# _softplus and _log_clamped take either). Only constants -- numeric targets in binary
+# cross-entropy -- choose a graph per element; the data never does.
 
 
 def _is_array(x: Any) -> bool:
@@ -332,35 +364,6 @@ def _array_reduce(losses: Any, reduction: str) -> Any:
     return total[()]
 
 
-def _where(mask: Any, shape: tuple[int, ...], cls: Any, branch: Any, other: Any) -> Any:
-    """An array of this shape whose elements are branch(selected) where mask holds and
-    other(rest) elsewhere; each function sees (and builds nodes for) only its own elements."""
-    out = cls.zeros(shape)  # placeholders: every slot is re-pointed below
-    if mask.any():
-        out[mask] = branch(mask)
-    if not mask.all():
-        out[~mask] = other(~mask)
-    return out
-
-
-def _array_huber(d: Any, delta: float) -> Any:
-    small = abs(d.to_numpy()) < delta
-    return _where(small, d.shape, type(d), lambda m: 0.5 * d[m] ** 2,
-                  lambda m: delta * (d[m].abs() - 0.5 * delta))
-
-
-def _array_log_clamped(p: Any) -> Any:
-    """_log_clamped on each element: p.log() where p > e**-100, the clamped node elsewhere."""
-    def clamped(mask: Any) -> Any:
-        out = p[mask]
-        for i in range(len(out)):
-            out[i] = _log_clamped(out[i])
-        return out
-
-    return _where(p.to_numpy() > _LOG_FLOOR_INPUT, p.shape, type(p),
-                  lambda m: p[m].log(), clamped)
-
-
 def _array_bce(input: Any, target: Any) -> Any:
     import numpy as np  # only MLArray inputs get here, and they need numpy
 
@@ -376,19 +379,13 @@ def _array_bce(input: Any, target: Any) -> Any:
     rest = ~(ones | zeros)
     out = type(p).zeros(p.shape)
     if ones.any():
-        out[ones] = -_array_log_clamped(p[ones])
+        out[ones] = -_log_clamped(p[ones])
     if zeros.any():
-        out[zeros] = -_array_log_clamped(1 - p[zeros])
+        out[zeros] = -_log_clamped(1 - p[zeros])
     if rest.any():
         pr, tr = p[rest], t[rest]
-        out[rest] = -(tr * _array_log_clamped(pr) + (1 - tr) * _array_log_clamped(1 - pr))
+        out[rest] = -(tr * _log_clamped(pr) + (1 - tr) * _log_clamped(1 - pr))
     return out
-
-
-def _array_softplus(z: Any) -> Any:
-    return _where(z.to_numpy() >= 0, z.shape, type(z),
-                  lambda m: z[m] + (1 + (-z[m]).exp()).log(),
-                  lambda m: (1 + z[m].exp()).log())
 
 
 def _is_class_index(k: Any, c: int) -> bool:
@@ -410,8 +407,9 @@ def _array_cross_entropy(input: Any, target: Any) -> Any:
         raise ValueError("cross_entropy: empty input")
     if c == 0:
         raise ValueError("cross_entropy: empty logits")
-    m = z.to_numpy().max(axis=1, keepdims=True)
-    shifted = z + cls._from_floats(-m, m.shape)  # z - m, m a constant
+    # z - max(z) as array.py's softmax shifts: the max is a node (exact, and re-taken from the
+    # new data when a Graph replays), not a constant
+    shifted = z - z.max(axis=1, keepdims=True)
     log_sum = shifted.exp().sum(axis=1).log()
     t: Any = target if _is_array(target) else np.asarray(target)
     if t.ndim == input.ndim:  # class probabilities: -Σ pᵢ log softmaxᵢ
