@@ -77,34 +77,46 @@ def allocations() -> int:
 # Each peer maps a workload name to a setup function returning (leaves, run); run(leaves)
 # builds the graph, calls backward() and returns the loss (kept alive until after the clock).
 
+# The array workloads, written once for any peer with NumPy-style operators (MLArray, torch).
+
+def matmul_step(leaves):
+    a, b = leaves
+    loss = (a @ b).tanh().sum()
+    loss.backward()
+    return loss
+
+
+def mlp_step(layer):
+    """run(leaves) for the MLP workload: layer(h, w, b) is the peer's dense layer."""
+    def run(leaves):
+        x, y, params = leaves
+        h = x
+        for k, (w, b) in enumerate(params):
+            h = layer(h, w, b)
+            if k < len(params) - 1:
+                h = h.tanh()
+        loss = ((h - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    return run
+
+
+def torch_dense(h, w, b):
+    return h @ w.T + b
+
+
 def mlarray_peer() -> dict[str, Callable[[], tuple[Any, Callable[[Any], Any]]]]:
     def matmul():
         leaves = (MLArray(A_NP), MLArray(B_NP))
 
-        def run(leaves):
-            a, b = leaves
-            loss = (a @ b).tanh().sum()
-            loss.backward()
-            return loss
-
-        return leaves, run
+        return leaves, matmul_step
 
     def mlp():
         params = [(MLArray(w), MLArray(b)) for w, b in PARAMS_NP]
         leaves = (MLArray(X_NP), MLArray(Y_NP), params)
 
-        def run(leaves):
-            x, y, params = leaves
-            h = x
-            for k, (w, b) in enumerate(params):
-                h = dense(h, w, b)
-                if k < len(params) - 1:
-                    h = h.tanh()
-            loss = ((h - y) ** 2).mean()
-            loss.backward()
-            return loss
-
-        return leaves, run
+        return leaves, mlp_step(dense)
 
     return {"W1 matmul": matmul, "W2 MLP": mlp}
 
@@ -178,31 +190,14 @@ def torch_peer() -> dict[str, Callable[[], Any]]:
     def matmul():
         leaves = tuple(torch.tensor(m, dtype=torch.float64, requires_grad=True) for m in (A_NP, B_NP))
 
-        def run(leaves):
-            a, b = leaves
-            loss = (a @ b).tanh().sum()
-            loss.backward()
-            return loss
-
-        return leaves, run
+        return leaves, matmul_step
 
     def mlp():
         params = [(torch.tensor(w, dtype=torch.float64, requires_grad=True),
                    torch.tensor(b, dtype=torch.float64, requires_grad=True)) for w, b in PARAMS_NP]
         leaves = (torch.tensor(X_NP), torch.tensor(Y_NP), params)
 
-        def run(leaves):
-            x, y, params = leaves
-            h = x
-            for k, (w, b) in enumerate(params):
-                h = h @ w.T + b
-                if k < len(params) - 1:
-                    h = h.tanh()
-            loss = ((h - y) ** 2).mean()
-            loss.backward()
-            return loss
-
-        return leaves, run
+        return leaves, mlp_step(torch_dense)
 
     return {"W1 matmul": matmul, "W2 MLP": mlp}
 

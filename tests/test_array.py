@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import struct
 import subprocess
 import sys
 
@@ -22,11 +21,7 @@ from hypothesis import strategies as st
 
 import michigrad
 from michigrad.array import MLArrayBase, array_class
-
-
-def bits(x) -> tuple:
-    """A number's type and exact bits (0.0 vs -0.0 and 1 vs 1.0 differ)."""
-    return (type(x), struct.pack("<d", float(x)))
+from conftest import bits
 
 
 def other_engine(engine: str) -> str:
@@ -706,26 +701,6 @@ def test_softmax_is_stable_for_huge_logits(MLArray):
     assert ls[1, 2] == 0.0
     A.log_softmax(a).sum().backward()
     assert np.isfinite(a.grad_numpy()).all()
-
-
-def test_smolml_seed_example_runs_as_written(MLArray, capsys):
-    """The seed's x/w/z/a/L block, verbatim but for the import (the expected gradients are
-    checked against PyTorch in test_array_oracles.py)."""
-    x = MLArray([[1.0, 2.0], [3.0, 4.0]])
-    w = MLArray([[0.5], [-0.5]])
-    z = x @ w
-    a = z.tanh()
-    L = a.sum()
-    L.backward()
-    print("Gradiente w.r.t. x:")
-    print(x.grad())
-    print("\nGradiente w.r.t. w:")
-    print(w.grad())
-    out = capsys.readouterr().out
-    t0, t1 = 1 - math.tanh(-0.5) ** 2, 1 - math.tanh(-0.5) ** 2
-    assert "MLArray(shape=(2, 2)" in out and "MLArray(shape=(2, 1)" in out
-    np.testing.assert_allclose(w.grad().to_numpy(), [[1 * t0 + 3 * t1], [2 * t0 + 4 * t1]])
-    np.testing.assert_allclose(x.grad().to_numpy(), [[0.5 * t0, -0.5 * t0], [0.5 * t1, -0.5 * t1]])
 
 
 # ================================================================================ lifetime

@@ -6,7 +6,6 @@ test_array_kernels.py; this checks the whole layer on top of them.)
 
 from __future__ import annotations
 
-import struct
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -16,10 +15,7 @@ from hypothesis import strategies as st
 
 from michigrad import array as A
 from michigrad.array import array_class
-
-
-def bits(x) -> tuple:
-    return (type(x), struct.pack("<d", float(x)))
+from conftest import bits
 
 
 def flat_bits(arr) -> list:

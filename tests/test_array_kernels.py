@@ -14,7 +14,6 @@ import importlib
 import math
 import random
 import re
-import struct
 import weakref
 
 import numpy as np
@@ -23,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from michigrad import _engine
+from conftest import bits
 
 KERNEL_MODULES = {"compiled": "michigrad._engine", "reference": "michigrad._reference_arrays"}
 VALUE_MODULES = {"compiled": "michigrad._engine", "reference": "michigrad._reference"}
@@ -53,15 +53,6 @@ def numbers(K, xs):
     data = np.array([float(x) for x in xs], dtype=np.float64)
     is_int = np.array([type(x) is int for x in xs], dtype=bool)
     return K.array_from_numbers(data, is_int)
-
-
-def bits(x) -> tuple:
-    """A number's type and exact bits (so 0.0 and -0.0, and 1 and 1.0, differ). Every NaN is
-    one value: which operand's NaN an IEEE operation returns (its sign) depends on the order
-    the C compiler gives a commutative operation's operands, in the scalar engine as here."""
-    if math.isnan(x):
-        return (type(x), "nan")
-    return (type(x), struct.pack("<d", float(x)))
 
 
 def element_bits(K, store, n):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-import struct
 
 import numpy as np
 import pytest
@@ -17,10 +16,7 @@ import michigrad
 from michigrad import losses, nn, optim
 from michigrad import array as A
 from michigrad.array import array_class
-
-
-def bits(x) -> tuple:
-    return (type(x), struct.pack("<d", float(x)))
+from conftest import bits
 
 
 @pytest.fixture

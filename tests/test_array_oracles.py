@@ -10,7 +10,6 @@ import math
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -303,6 +302,7 @@ def test_cross_entropy_on_arrays_matches_torch_and_the_scalar_form(MLArray, n, c
 # ============================================================================ the seed example
 
 def test_smolml_seed_example_gradients_match_torch(MLArray, capsys):
+    """The seed's x/w/z/a/L block, verbatim but for the import."""
     x = MLArray([[1.0, 2.0], [3.0, 4.0]])
     w = MLArray([[0.5], [-0.5]])
     z = x @ w
@@ -314,6 +314,10 @@ def test_smolml_seed_example_gradients_match_torch(MLArray, capsys):
     print("\nGradiente w.r.t. w:")
     print(w.grad())
     printed = capsys.readouterr().out
+    assert "MLArray(shape=(2, 2)" in printed and "MLArray(shape=(2, 1)" in printed
+    t0, t1 = 1 - math.tanh(-0.5) ** 2, 1 - math.tanh(-0.5) ** 2
+    np.testing.assert_allclose(w.grad().to_numpy(), [[1 * t0 + 3 * t1], [2 * t0 + 4 * t1]])
+    np.testing.assert_allclose(x.grad().to_numpy(), [[0.5 * t0, -0.5 * t0], [0.5 * t1, -0.5 * t1]])
     tx = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, requires_grad=True)
     tw = torch.tensor([[0.5], [-0.5]], dtype=torch.float64, requires_grad=True)
     (tx @ tw).tanh().sum().backward()

@@ -10,24 +10,19 @@ losses themselves against torch.)
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
 from michigrad import Graph, losses
+from conftest import bits
 
 
 @pytest.fixture(autouse=True)
 def active(Value: type, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: N803 - fixture name
     """losses wraps numbers with the engine under test's Value."""
     monkeypatch.setattr(losses, "Value", Value)
-
-
-def bits(x: Any) -> tuple[type, bytes]:
-    """Type and bits (ints stay ints; 0.0 and -0.0 differ)."""
-    return (type(x), struct.pack("<d", float(x)))
 
 
 # name -> (loss of (input, target, reduction), target, the batch recorded, batches fed after it)

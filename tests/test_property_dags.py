@@ -24,7 +24,7 @@ import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ENGINE_NAMES, engine_value_class, reachable
+from conftest import ENGINE_NAMES, build_program, engine_value_class, reachable, same_number
 
 Number = Union[int, float]
 
@@ -129,32 +129,8 @@ def programs(
     return leaf_values, instructions
 
 
-def build(
-    program: Program,
-    make_leaf: Callable[[Number], Any],
-    unary: dict[str, Callable[[Any], Any]],
-    binary: dict[str, Callable[[Any, Any], Any]],
-) -> tuple[list[Any], Any]:
-    """Every node of the program, in order (leaves first), and the root (the sum of the sinks)."""
-    leaf_values, instructions = program
-    nodes = [make_leaf(x) for x in leaf_values]
-    used: set[int] = set()
-    for op, i, j in instructions:
-        if op in unary:
-            nodes.append(unary[op](nodes[i]))
-            used.add(i)
-        else:
-            nodes.append(binary[op](nodes[i], nodes[j]))
-            used.update((i, j))
-    sinks = [node for k, node in enumerate(nodes) if k not in used]
-    root = sinks[0]
-    for node in sinks[1:]:
-        root = root + node
-    return nodes, root
-
-
 def run_engine(Value: type, program: Program, unary: Any, binary: Any) -> tuple[list[Any], Any]:
-    nodes, root = build(program, Value, unary, binary)
+    nodes, root = build_program(program, Value, unary, binary)
     root.backward()
     return nodes, root
 
@@ -164,19 +140,6 @@ def run_engine(Value: type, program: Program, unary: Any, binary: Any) -> tuple[
 
 def _bits(x: float) -> int:
     return struct.unpack("<q", struct.pack("<d", x))[0]
-
-
-def same_number(x: Number, y: Number) -> bool:
-    """Same type and the same bits (any NaN equals any NaN; 0.0 and -0.0 differ)."""
-    if type(x) is not type(y) or type(x) not in (int, float):
-        return False
-    if type(x) is int:
-        return x == y
-    if math.isnan(x) or math.isnan(y):
-        return math.isnan(x) and math.isnan(y)
-    return _bits(x) == _bits(y)
-
-
 
 
 def _signature(node: Any) -> tuple[Any, ...]:
@@ -292,7 +255,7 @@ def test_gradients_match_torch_float64_on_random_dags(engine: str, program: Prog
     def torch_leaf(x: Number) -> torch.Tensor:
         return torch.tensor(float(x), dtype=torch.float64, requires_grad=True)
 
-    t_nodes, t_root = build(program, torch_leaf, SAFE_UNARY, SAFE_BINARY)
+    t_nodes, t_root = build_program(program, torch_leaf, SAFE_UNARY, SAFE_BINARY)
     t_root.backward()
     assert math.isclose(root.data, t_root.item(), rel_tol=GRAD_REL_TOL, abs_tol=GRAD_ABS_TOL), (
         f"root data {root.data!r}, torch {t_root.item()!r}"

@@ -12,7 +12,6 @@ import importlib
 import io
 import math
 import random
-import struct
 import weakref
 from contextlib import redirect_stdout
 from typing import Any, Callable, Union
@@ -23,7 +22,7 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 import michigrad
-from conftest import ENGINE_NAMES
+from conftest import ENGINE_NAMES, build_program, same_number
 from michigrad import Graph, optim
 from michigrad._engine import _arena_stats
 from michigrad.__main__ import main as demo_main
@@ -38,17 +37,6 @@ ERRORS = (ValueError, OverflowError, ZeroDivisionError)
 
 def engine_module(engine: str) -> Any:
     return importlib.import_module(MODULES[engine])
-
-
-def same_number(x: Number, y: Number) -> bool:
-    """Same type and the same bits (any NaN equals any NaN; 0.0 and -0.0 differ)."""
-    if type(x) is not type(y) or type(x) not in (int, float):
-        return False
-    if type(x) is int:
-        return x == y
-    if math.isnan(x) or math.isnan(y):
-        return math.isnan(x) and math.isnan(y)
-    return struct.pack("<d", x) == struct.pack("<d", y)
 
 
 # --- random programs (the style of test_property_dags.py), with every op incl. linear ---------
@@ -112,20 +100,9 @@ def programs(draw: st.DrawFn, max_ops: int = 12) -> Program:
 def build(engine: str, program: Program, leaves: list[Any]) -> tuple[list[Any], Any]:
     """Every node (leaves first) and the root: the sum of the nodes nothing else uses."""
     lin = engine_module(engine).linear
-    nodes = list(leaves)
-    used: set[int] = set()
-    for op, i, j in program[1]:
-        if op in UNARY:
-            nodes.append(UNARY[op](lin)(nodes[i]))
-            used.add(i)
-        else:
-            nodes.append(BINARY[op](lin)(nodes[i], nodes[j]))
-            used.update((i, j))
-    sinks = [node for k, node in enumerate(nodes) if k not in used]
-    root = sinks[0]
-    for node in sinks[1:]:
-        root = root + node
-    return nodes, root
+    return build_program((leaves, program[1]), lambda leaf: leaf,
+                         {name: op(lin) for name, op in UNARY.items()},
+                         {name: op(lin) for name, op in BINARY.items()})
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)

@@ -7,7 +7,6 @@ accepted as the output, the inputs and the parameters of a Graph.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
@@ -15,12 +14,9 @@ import pytest
 
 from michigrad import Graph
 from michigrad.array import elu, log_softmax, softmax
+from conftest import bits
 
 BATCH, NIN, HIDDEN, NOUT = 5, 3, 4, 3
-
-
-def bits(x: float) -> bytes:
-    return struct.pack("<d", x)
 
 
 def make_params(MLArray: type) -> list[Any]:  # noqa: N803 - the fixture's name

@@ -26,6 +26,8 @@ cdef enum Op:
                      # children [bias,] w[0..n), x[0..n): an odd count means there is a bias
     # The array kernels' ops (issue #5, _arrays.pxi); each has a case in op_forward or
     # node_forward (replay) and in builtin_local_backward, and the same op in _reference_arrays.py.
+    # OP_LINEAR..OP_MIN are the ops with any number of children: builtin_local_backward tests
+    # for them with one range check, so keep them contiguous.
     OP_SUM = 13      # 'sum': n children, summed left to right
     OP_MAX = 14      # 'max': n children; the gradient goes to the first maximal child
     OP_MIN = 15      # 'min': n children; the gradient goes to the first minimal child

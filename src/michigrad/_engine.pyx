@@ -663,17 +663,16 @@ cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
     cdef uint16_t op = out.op
     if op == OP_LEAF or op == OP_PYTHON:
         return
-    if op == OP_LINEAR:
-        linear_local_backward(nodes, out, g, gi)
-        return
-    if op == OP_SUM:  # every child, duplicates each time, as '+' does
-        for k in range(out.nkids):
-            accumulate(&nodes[kid(out, k)], g, gi)
-        return
-    if op == OP_MAX or op == OP_MIN:  # only the chosen child
-        a = chosen_child(nodes, out)
-        if a != NULL:
-            accumulate(a, g, gi)
+    if OP_LINEAR <= op <= OP_MIN:  # one test on the hot path for every op with n children
+        if op == OP_LINEAR:
+            linear_local_backward(nodes, out, g, gi)
+        elif op == OP_SUM:  # every child, duplicates each time, as '+' does
+            for k in range(out.nkids):
+                accumulate(&nodes[kid(out, k)], g, gi)
+        else:  # max, min: only the chosen child
+            a = chosen_child(nodes, out)
+            if a != NULL:
+                accumulate(a, g, gi)
         return
     a = &nodes[out.kids.pair[0]]  # the ops below have one or two children
     if op == OP_ADD:
