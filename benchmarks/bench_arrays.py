@@ -1,9 +1,11 @@
-"""Issue #5's workloads: michigrad.MLArray against nested lists of Values, micrograd and PyTorch.
+"""Issue #5's workloads: michigrad.MLArray against SmolML, nested lists of Values, micrograd and
+PyTorch.
 
 Run from the repository root (after building the extension in place)::
 
     PYTHONPATH=src python benchmarks/bench_arrays.py            # 7 repetitions
     PYTHONPATH=src python benchmarks/bench_arrays.py --quick    # 3 repetitions
+    PYTHONPATH=src:/path/to/SmolML python benchmarks/bench_arrays.py   # with SmolML's rows
 
 Workloads (forward + backward, leaves made before the clock starts):
 
@@ -13,13 +15,15 @@ Workloads (forward + backward, leaves made before the clock starts):
 
 Peers, each running the same computation:
 
+* ``SmolML``             -- SmolML's own ``MLArray`` (nested Python lists of its pure-Python
+  ``Value``), the issue's baseline. It is not on the package index: the rows appear when a
+  checkout of github.com/rodmarkun/SmolML is on PYTHONPATH (only for the benchmark; nothing of
+  it is in this repository), and are left out, with a note, otherwise.
 * ``MLArray``            -- michigrad.MLArray (compiled kernels: one C loop per array op; a
   matmul or dense layer makes one 'linear' node per output element).
-* ``nested Values``      -- nested Python lists of michigrad's compiled scalar ``Value``,
-  written as SmolML's MLArray does it (``sum(a * b ...)``, ``+``, ``tanh``). SmolML itself is
-  not on the package index this machine can reach (``pip download smolml``: no matching
-  distribution), so this *is* its workload: nested lists of Values. The ratio column is
-  against this row.
+* ``nested Values``      -- nested Python lists of michigrad's *compiled* scalar ``Value``,
+  written as SmolML's MLArray does it (``sum(a * b ...)``, ``+``, ``tanh``): SmolML's workload
+  on our fast scalar engine, the stricter comparison.
 * ``nested + linear``    -- the same nested lists, but each dot product is one fused
   ``michigrad.linear`` node (the scalar engine at its best).
 * ``micrograd``          -- micrograd 0.1.0's Value in nested lists (it has no tanh: tanh is
@@ -27,7 +31,8 @@ Peers, each running the same computation:
 * ``torch``              -- PyTorch float64 tensors (the whole batch as one tensor op).
 
 Reported: median wall time over the repetitions (and median CPU time of the thread as a
-cross-check on a shared machine), speedup over ``nested Values`` (its time / this time), time
+cross-check on a shared machine), speedups over SmolML, ``nested Values`` and micrograd (their
+time / this time), time
 relative to torch (this time / torch's), nodes created and ns per created node. Nodes are counted
 with ``michigrad._engine._arena_stats()['allocations']`` (every node the arena hands out during
 the timed run: leaves such as the constant ``0`` of Python's ``sum()`` included); micrograd's by
@@ -52,7 +57,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -168,6 +173,48 @@ def nested_peer(Value: type, tanh: Callable[[Any], Any], fused: bool) -> dict[st
     return {"W1 matmul": matmul, "W2 MLP": mlp}
 
 
+def smolml_peer() -> Optional[dict[str, Callable[[], Any]]]:
+    """SmolML's own MLArray (nested lists of its pure-Python Value), if it is importable: it is
+    not on the package index, so install it from its source (github.com/rodmarkun/SmolML) or put
+    a checkout on PYTHONPATH. None when it is not there."""
+    try:
+        from smolml.core.ml_array import MLArray as SmolArray
+        from smolml.utils.activation import tanh as smol_tanh
+    except ImportError:
+        return None
+
+    def matmul():
+        leaves = (SmolArray(A_NP.tolist()), SmolArray(B_NP.tolist()))
+
+        def run(leaves):
+            a, b = leaves
+            loss = smol_tanh(a @ b).sum()
+            loss.backward()
+            return loss
+
+        return leaves, run
+
+    def mlp():
+        # SmolML's layers compute x @ W + b with W (nin, nout): our (nout, nin) weights, transposed
+        params = [(SmolArray(w.T.tolist()), SmolArray(b.tolist())) for w, b in PARAMS_NP]
+        leaves = (SmolArray(X_NP.tolist()), SmolArray(Y_NP.tolist()), params)
+
+        def run(leaves):
+            x, y, params = leaves
+            h = x
+            for k, (w, b) in enumerate(params):
+                h = h @ w + b
+                if k < len(params) - 1:
+                    h = smol_tanh(h)
+            loss = ((h - y) ** 2).mean()
+            loss.backward()
+            return loss
+
+        return leaves, run
+
+    return {"W1 matmul": matmul, "W2 MLP": mlp}
+
+
 def micrograd_tanh(x):
     """tanh for micrograd 0.1.0 (which has none), as Karpathy's lecture writes it."""
     from micrograd.engine import Value
@@ -232,10 +279,16 @@ def bench_workloads(reps: int) -> None:
         "micrograd": nested_peer(MicrogradValue, micrograd_tanh, fused=False),
         "torch": torch_peer(),
     }
+    smolml = smolml_peer()
+    if smolml is not None:
+        peers = {"SmolML": smolml, **peers}
+    else:
+        print("\nSmolML is not importable: its rows are left out (put a checkout of "
+              "github.com/rodmarkun/SmolML on PYTHONPATH to add them)")
     print(f"\nWorkloads: median of {reps} repetitions (forward + backward)\n")
     header = (f"{'workload':10s} {'peer':16s} {'median ms':>10s} {'CPU ms':>9s} {'spread':>7s} "
-              f"{'x faster than nested':>21s} {'x faster than micrograd':>24s} {'time / torch':>13s} "
-              f"{'nodes':>9s} {'ns/node':>8s}")
+              f"{'x faster than SmolML':>21s} {'x faster than nested':>21s} "
+              f"{'x faster than micrograd':>24s} {'time / torch':>13s} {'nodes':>9s} {'ns/node':>8s}")
     print(header)
     print("-" * len(header))
     for workload in ("W1 matmul", "W2 MLP"):
@@ -251,6 +304,8 @@ def bench_workloads(reps: int) -> None:
                     nodes[name] = allocated
                 elif name == "micrograd" and rep == 0:
                     nodes[name] = count_micrograd_nodes(loss)
+                elif name == "SmolML" and rep == 0:
+                    nodes[name] = count_micrograd_nodes(loss.data)  # its 0-d array's Value
                 del loss
                 gc.collect()
                 if rep > 0:
@@ -261,13 +316,15 @@ def bench_workloads(reps: int) -> None:
             m = medians[name]
             spread = (max(walls[name]) - min(walls[name])) / m
             n = nodes.get(name)
+            vs_smolml = f"{medians['SmolML'] / m:21.1f}" if "SmolML" in medians else f"{'n/a':>21s}"
             print(f"{workload:10s} {name:16s} {m * 1e3:10.2f} {statistics.median(cpus[name]) * 1e3:9.2f} "
-                  f"{spread:7.0%} {medians['nested Values'] / m:21.2f} {medians['micrograd'] / m:24.1f} "
+                  f"{spread:7.0%} {vs_smolml} {medians['nested Values'] / m:21.2f} "
+                  f"{medians['micrograd'] / m:24.1f} "
                   f"{m / medians['torch']:13.2f} "
                   f"{n if n is not None else 'n/a':>9} {m / n * 1e9 if n else float('nan'):8.0f}")
         print()
     print("nodes: michigrad peers count _engine._arena_stats()['allocations'] during the timed run "
-          "(constant leaves included); micrograd, the Values reachable from the loss; ns/node = "
+          "(constant leaves included); micrograd and SmolML, the Values reachable from the loss; ns/node = "
           "median time / nodes. A 'linear' node stands for 2k micrograd nodes (k '*' and k '+').")
 
 
@@ -295,6 +352,8 @@ def bench_kernels(reps: int, when: str) -> None:
             store, pos[: n // 16])),
         ("linear, rows of 64 (matmul 64)", lambda: _engine.array_linear(
             store, pos[: half64].reshape(-1, 64), store, rev[: half64].reshape(-1, 64))),
+        ("matmul (125x64 @ 64x64)", lambda: _engine.array_matmul(
+            store, pos[: 125 * 64].reshape(125, 64), store, rev[: 64 * 64].reshape(64, 64), 1)),
     ]
     print(f"\nKernels alone on {n:,}-element inputs, {when}: median of {reps} (ns per created "
           "node; target <= 20)\n")
@@ -315,7 +374,8 @@ def bench_kernels(reps: int, when: str) -> None:
                 times.append(t1 - t0)
         m = statistics.median(times)
         kids = {"reduce sum, rows of 2": 2, "reduce sum, rows of 16": 16, "reduce max, rows of 16": 16,
-                "linear, rows of 8 (+bias)": 17, "linear, rows of 64 (matmul 64)": 128}.get(label)
+                "linear, rows of 8 (+bias)": 17, "linear, rows of 64 (matmul 64)": 128,
+                "matmul (125x64 @ 64x64)": 128}.get(label)
         per_child = f"{m / (made * kids) * 1e9:9.1f}" if kids else f"{'':9s}"
         print(f"{label:34s} {m * 1e3:10.2f} {made:9d} {m / made * 1e9:8.1f} {per_child}")
     # backward over a 1M-node layer: the sweep applies the op table in C

@@ -149,6 +149,87 @@ def test_linear_rows_are_michigrad_linear_to_the_last_bit(K, Value, engine, k, w
         assert got[r]._children == want._children
 
 
+@pytest.mark.parametrize("k", [0, 1, 3])
+@pytest.mark.parametrize("batches", [1, 2])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("x_major", [False, True])
+def test_matmul_grid_is_array_linear_row_by_row(K, k, batches, with_bias, x_major):
+    """array_matmul pairs every w row with every x row of its batch: node for node (bits, int
+    kinds, children, gradients) what array_linear makes from the spelled-out positions."""
+    rng = random.Random(f"{k}{batches}{with_bias}{x_major}")
+    p_count, q_count = 3, 2
+    mixed = lambda: rng.choice([rng.uniform(-3, 3), rng.randint(-3, 3)])  # ints take the int path
+    w_rows = arange(batches * p_count * k)[::-1].copy().reshape(batches * p_count, k)
+    x_rows = (arange(batches * q_count * k) * 5 % max(batches * q_count * k, 1)).reshape(batches * q_count, k)
+
+    def run(kernel_call):
+        w = numbers(K, [rng.uniform(-1, 1) for _ in range(batches * p_count * k)])
+        x = numbers(K, [mixed() for _ in range(batches * q_count * k)])
+        b = numbers(K, [mixed() for _ in range(batches * p_count)])
+        out = kernel_call(w, x, b)
+        total = K.array_reduce("sum", out, arange(len(out)).reshape(1, -1))
+        K.array_backward(total, 0)
+        stores = (w, x, b)
+        held = [K.array_values(store, arange(len(store))) for store in stores]  # ids stay valid
+        index = {id(v): (s, j) for s, values in enumerate(held) for j, v in enumerate(values)}
+        nodes = K.array_values(out, arange(len(out)))
+        return ([(bits(v.data), v._op, [index[id(c)] for c in v._children]) for v in nodes],
+                [grad_bits(K, s, len(s)) for s in stores])
+
+    def grid(w, x, b):
+        bias = (b, arange(batches * p_count)) if with_bias else (None, None)
+        return K.array_matmul(w, w_rows, x, x_rows, batches, *bias, x_major)
+
+    def spelled_out(w, x, b):
+        ps, qs = [], []
+        for bt in range(batches):
+            pairs = [(p, q) for p in range(p_count) for q in range(q_count)]
+            if x_major:
+                pairs = [(p, q) for q in range(q_count) for p in range(p_count)]
+            ps += [bt * p_count + p for p, q in pairs]
+            qs += [bt * q_count + q for p, q in pairs]
+        bias = (b, np.array(ps, dtype=np.int64)) if with_bias else (None, None)
+        return K.array_linear(w, np.ascontiguousarray(w_rows[ps]), x,
+                              np.ascontiguousarray(x_rows[qs]), *bias)
+
+    state = rng.getstate()
+    want = run(spelled_out)
+    rng.setstate(state)
+    assert run(grid) == want
+    assert len(want[0]) == batches * p_count * q_count
+
+
+def test_matmul_grid_of_ints_is_exact_like_linear(K, Value):
+    # [[1, 2], [3, 4]] @ [[5, 6], [7, 8]] in ints: ints out, as michigrad.linear gives them
+    a, b = numbers(K, [1, 2, 3, 4]), numbers(K, [5, 6, 7, 8])
+    out = K.array_matmul(a, arange(4).reshape(2, 2), b, pos([0, 2], [1, 3]), 1)
+    assert K.array_numbers(out, arange(4)) == [19, 22, 43, 50]
+    assert all(type(v) is int for v in K.array_numbers(out, arange(4)))
+    half = numbers(K, [1, 2.5])  # one float row: that row's products are floats
+    out = K.array_matmul(half, pos([0, 1]), b, pos([0, 2], [1, 3]), 1)
+    assert K.array_numbers(out, arange(2)) == [22.5, 26.0]
+    assert [type(v) for v in K.array_numbers(out, arange(2))] == [float, float]
+
+
+def test_matmul_grid_references_and_frees_its_operands(K, engine):
+    if engine == "compiled":
+        gc.collect()
+        before = live()
+    a, b = numbers(K, [0.5, 1.5, -2.0, 3.0]), numbers(K, [1.0, 2.0])
+    out = K.array_matmul(a, arange(4).reshape(2, 2), b, pos([0, 1]), 1, b, pos(0, 1))
+    del a, b
+    gc.collect()
+    assert K.array_numbers(out, arange(2)) == [1.0 + 0.5 + 3.0, 2.0 + -2.0 + 6.0]
+    if engine == "compiled":
+        assert live() == before + 8  # the inputs stay alive through the outputs' references
+        assert _engine._arena_check()
+    del out
+    gc.collect()
+    if engine == "compiled":
+        assert live() == before
+        assert _engine._arena_check()
+
+
 # ------------------------------------------------------------------------------ the new ops
 
 def reduce_rows(K, op, xs_rows):
@@ -336,6 +417,11 @@ def run_program(K, program, xs):
             w_pos = (arange(n * 3) * 7 % n).reshape(n, 3)
             x_pos = (arange(n * 3) * 5 % n).reshape(n, 3)
             stores.append(K.array_linear(src, w_pos, stores[-1], x_pos, stores[0], arange(n)))
+        elif op == "matmul":  # n rows of src against one row of the last store, bias src[0]
+            w_rows = (arange(n * 2) * 7 % n).reshape(n, 2)
+            x_rows = (arange(2) * 5 % n).reshape(1, 2)
+            stores.append(K.array_matmul(src, w_rows, stores[-1], x_rows, 1, stores[0], arange(n),
+                                         arg % 2 == 1))
     top = stores[-1]
     root = K.array_reduce("sum", top, arange(n).reshape(1, n))
     K.array_backward(root, 0)
@@ -344,7 +430,7 @@ def run_program(K, program, xs):
 
 
 OPS = ["exp", "tanh", "relu", "sigmoid", "abs", "leaky_relu", "elu", "powc", "add", "mul",
-       "sum", "max", "min", "linear"]
+       "sum", "max", "min", "linear", "matmul"]
 
 
 def outcome(K, program, xs):
@@ -411,6 +497,16 @@ def stats_now(engine):
     (lambda K, s: K.array_linear(s, pos([0, 1]), s, pos([2, 1]), s, pos(0, 1)), ValueError),
     (lambda K, s: K.array_linear(s, pos([0, 1]), s, pos([2, 1]), s, None), ValueError),
     (lambda K, s: K.array_linear(s, pos([0, 1]), s, pos([2, 9]), s, pos(0)), IndexError),
+    (lambda K, s: K.array_matmul(s, pos([0, 1]), s, pos([0]), 1), ValueError),
+    (lambda K, s: K.array_matmul(s, pos([0], [1], [2]), s, pos([0], [1]), 2), ValueError),
+    (lambda K, s: K.array_matmul(s, pos([0]), s, pos([1]), 0), ValueError),
+    (lambda K, s: K.array_matmul(s, pos([0]), s, pos([1]), -1), ValueError),
+    (lambda K, s: K.array_matmul(s, pos([0]), s, pos([1]), 1, s, None), ValueError),
+    (lambda K, s: K.array_matmul(s, pos([0]), s, pos([1]), 1, s, pos(0, 1)), ValueError),
+    (lambda K, s: K.array_matmul(s, pos([0]), s, pos([1]), 1, [1.0], pos(0)), TypeError),
+    (lambda K, s: K.array_matmul(s, pos([0]), s, pos([7]), 1), IndexError),
+    (lambda K, s: K.array_matmul(s, pos([0]), s, pos([1]), 1, s, pos(3)), IndexError),
+    (lambda K, s: K.array_matmul(s, pos(0, 1), s, pos(1, 2), 1), ValueError),
     (lambda K, s: K.array_reduce("sum", s, np.zeros((2, 0), dtype=np.int64)), ValueError),
     (lambda K, s: K.array_reduce("sum", s, pos(0, 1)), ValueError),
     (lambda K, s: K.array_reduce("mean", s, pos([0, 1])), ValueError),

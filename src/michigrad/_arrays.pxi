@@ -12,6 +12,7 @@ from cpython.buffer cimport PyBUF_FORMAT, PyBUF_STRIDES, PyBuffer_IsContiguous, 
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc
+from libc.string cimport memcpy
 
 cdef object _numpy = None
 
@@ -593,6 +594,152 @@ def array_linear(NodeStore w not None, w_pos, NodeStore x not None, x_pos, bias=
         out.slots[r] = i
     out.n = n
     free_children_arrays(arrays, n)
+    return out
+
+
+ctypedef struct GridRows:
+    # One operand of array_matmul, resolved once: row r's nodes and their data (r * m ...), and
+    # whether any of them holds an int (that row then takes linear_value's int-aware path).
+    int32_t* nodes
+    double* data
+    char* has_int
+
+
+cdef int resolve_rows(NodeStore store, const int64_t* pos, Py_ssize_t rows, Py_ssize_t m,
+                      GridRows* out) except -1:
+    """out <- the nodes, data and int flags of the rows of positions pos (rows, m)."""
+    cdef size_t cells = <size_t>(rows * m if rows * m > 0 else 1)
+    out.nodes = <int32_t*>malloc(cells * sizeof(int32_t))
+    out.data = <double*>malloc(cells * sizeof(double))
+    out.has_int = <char*>malloc(<size_t>(rows if rows > 0 else 1))
+    if out.nodes == NULL or out.data == NULL or out.has_int == NULL:
+        raise MemoryError("michigrad: out of memory for the operands of a matmul")
+    cdef Py_ssize_t r, k
+    cdef Node* node
+    for r in range(rows):
+        out.has_int[r] = 0
+        for k in range(r * m, r * m + m):
+            out.nodes[k] = store.slots[pos[k]]
+            node = &A.nodes[out.nodes[k]]
+            out.data[k] = node.data
+            if node.flags & F_DATA_INT:
+                out.has_int[r] = 1
+    return 0
+
+
+cdef void free_rows(GridRows* rows) noexcept:
+    free(rows.nodes)
+    free(rows.data)
+    free(rows.has_int)
+
+
+def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_ssize_t batches,
+                 bias=None, b_pos=None, bint x_major=False):
+    """Every pairing of a w row with an x row, batch by batch: with P = len(w_rows) / batches and
+    Q = len(x_rows) / batches, the node for (b, p, q) is exactly array_linear's row for
+    w_pos = w_rows[b*P + p], x_pos = x_rows[b*Q + q] (and b_pos[b*P + p]), laid out (b, p, q) --
+    a matmul: w rows are a's rows, x rows b's columns -- or (b, q, p) when x_major (a dense
+    layer: one output row per input row). Each operand row is read once, not once per output
+    (array_linear would need batches*P*Q rows of positions): the matmul/dense kernel."""
+    cdef _ArrayArg wp = positions_arg(w_rows, w, 2, "w_rows")
+    cdef _ArrayArg xp = positions_arg(x_rows, x, 2, "x_rows")
+    if wp.k != xp.k:
+        raise ValueError(f"array_matmul: w_rows has rows of {wp.k} positions but x_rows of {xp.k}")
+    if batches < 0 or (batches == 0 and (wp.n or xp.n)) or (
+            batches > 0 and (wp.n % batches or xp.n % batches)):
+        raise ValueError(f"array_matmul: {wp.n} w rows and {xp.n} x rows do not split into "
+                         f"{batches} batches")
+    if (bias is None) != (b_pos is None):
+        raise ValueError("array_matmul: give both bias and b_pos, or neither")
+    cdef NodeStore b = None
+    cdef _ArrayArg bp = None
+    cdef const int64_t* bq = NULL
+    if bias is not None:
+        if not isinstance(bias, NodeStore):
+            raise TypeError(f"array_matmul: bias must be a NodeStore or None, not "
+                            f"{type(bias).__name__}")
+        b = <NodeStore>bias
+        bp = positions_arg(b_pos, b, 1, "b_pos")
+        same_length(wp.n, bp.n, "array_matmul: w_rows and b_pos")
+        bq = pos_of(bp)
+    cdef Py_ssize_t m = wp.k
+    cdef Py_ssize_t P = wp.n // batches if batches else 0
+    cdef Py_ssize_t Q = xp.n // batches if batches else 0
+    cdef bint has_bias = b is not None
+    if 2 * m + 1 > INT32_MAX:
+        raise MemoryError("array_matmul: too many inputs per row")
+    if P and Q and batches > INT32_MAX // P // Q:
+        raise MemoryError(f"michigrad: {batches} x {P} x {Q} nodes do not fit the node arena")
+    cdef Py_ssize_t total = batches * P * Q
+    cdef int32_t nkids = <int32_t>(2 * m + has_bias)
+    cdef GridRows wr, xr
+    wr.nodes = xr.nodes = NULL
+    wr.data = xr.data = NULL
+    wr.has_int = xr.has_int = NULL
+    cdef int32_t** arrays = NULL
+    cdef NodeStore out
+    try:
+        resolve_rows(w, pos_of(wp), wp.n, m, &wr)
+        resolve_rows(x, pos_of(xp), xp.n, m, &xr)
+        out = new_store(total)
+        arrays = children_arrays(total, nkids) if nkids > 2 else NULL
+        reserve(<int32_t>total)
+    except BaseException:
+        free_rows(&wr)
+        free_rows(&xr)
+        free_children_arrays(arrays, total)
+        raise
+    # nothing below can fail
+    cdef Node* nodes = A.nodes
+    cdef Py_ssize_t e
+    for e in range(wp.n * m):  # every w node is read by the Q outputs of its row's batch
+        nodes[wr.nodes[e]].refcnt += <uint32_t>Q
+    for e in range(xp.n * m):
+        nodes[xr.nodes[e]].refcnt += <uint32_t>P
+    if has_bias:
+        for e in range(bp.n):
+            nodes[b.slots[bq[e]]].refcnt += <uint32_t>Q
+    cdef Py_ssize_t bt, outer, inner, p, q, k, r = 0
+    cdef Py_ssize_t n_outer = Q if x_major else P, n_inner = P if x_major else Q
+    cdef int32_t pair[2]
+    cdef int32_t* kids = pair
+    cdef const double* wd
+    cdef const double* xd
+    cdef double value
+    cdef bint value_int
+    cdef int32_t i
+    for bt in range(batches):
+        for outer in range(n_outer):
+            for inner in range(n_inner):
+                p = bt * P + (inner if x_major else outer)
+                q = bt * Q + (outer if x_major else inner)
+                if arrays != NULL:
+                    kids = arrays[r]
+                    arrays[r] = NULL  # the node owns it now
+                if has_bias:
+                    kids[0] = b.slots[bq[p]]
+                memcpy(kids + has_bias, wr.nodes + p * m, <size_t>m * sizeof(int32_t))
+                memcpy(kids + has_bias + m, xr.nodes + q * m, <size_t>m * sizeof(int32_t))
+                if m > 0 and not wr.has_int[p] and not xr.has_int[q]:
+                    # all products are floats: linear_value's sum without its int bookkeeping
+                    # (same operations, same order, same bits), on contiguous copies of the data
+                    value = nodes[kids[0]].data if has_bias else 0.0
+                    wd = wr.data + p * m
+                    xd = xr.data + q * m
+                    for k in range(m):
+                        value = value + wd[k] * xd[k]
+                    value_int = False
+                else:
+                    value = linear_value(nodes, kids, nkids, &value_int)
+                i = new_node(value, int_flag(value_int), OP_LINEAR, -1, -1)
+                attach_kids(&nodes[i], kids, nkids)
+                nodes[i].refcnt = 1
+                out.slots[r] = i
+                r += 1
+    out.n = total
+    free_rows(&wr)
+    free_rows(&xr)
+    free_children_arrays(arrays, total)
     return out
 
 

@@ -133,4 +133,14 @@ def array_binary(op: str, a: NodeStore, a_pos: Any, b: NodeStore, b_pos: Any) ->
 def array_linear(
     w: NodeStore, w_pos: Any, x: NodeStore, x_pos: Any, bias: NodeStore | None = None, b_pos: Any | None = None
 ) -> NodeStore: ...
+def array_matmul(
+    w: NodeStore,
+    w_rows: Any,
+    x: NodeStore,
+    x_rows: Any,
+    batches: int,
+    bias: NodeStore | None = None,
+    b_pos: Any | None = None,
+    x_major: bool = False,
+) -> NodeStore: ...
 def array_reduce(op: str, store: NodeStore, pos: Any) -> NodeStore: ...

@@ -37,7 +37,7 @@ from ._reference import Number, Value, _as_number, _fit, linear
 __all__ = [
     "NodeStore", "array_from_numbers", "array_from_values", "array_value", "array_values",
     "array_numbers", "array_data", "array_grad", "array_set_data", "array_zero_grad",
-    "array_assign", "array_unary", "array_binary", "array_linear", "array_reduce",
+    "array_assign", "array_unary", "array_binary", "array_linear", "array_matmul", "array_reduce",
     "array_backward",
 ]
 
@@ -358,6 +358,41 @@ def array_linear(w: Any, w_pos: Any, x: Any, x_pos: Any, bias: Any = None,
     wv, xv = w.values, x.values
     return NodeStore([linear([wv[k] for k in wrow], [xv[k] for k in xrow], b)
                       for wrow, xrow, b in zip(wp.tolist(), xp.tolist(), biases)])
+
+
+def array_matmul(w: Any, w_rows: Any, x: Any, x_rows: Any, batches: int, bias: Any = None,
+                 b_pos: Any = None, x_major: bool = False) -> NodeStore:
+    """Every pairing of a w row with an x row, batch by batch: with P = len(w_rows) / batches
+    and Q = len(x_rows) / batches, the node for (b, p, q) is array_linear's row for
+    w_rows[b*P + p], x_rows[b*Q + q] (and b_pos[b*P + p]), laid out (b, p, q) -- a matmul -- or
+    (b, q, p) when x_major (a dense layer)."""
+    w, x = _store(w, "w"), _store(x, "x")
+    wp = _positions(w, w_rows, 2, "w_rows")
+    xp = _positions(x, x_rows, 2, "x_rows")
+    if wp.shape[1] != xp.shape[1]:
+        raise ValueError(f"array_matmul: w_rows has rows of {wp.shape[1]} positions but x_rows "
+                         f"of {xp.shape[1]}")
+    batches = operator.index(batches)
+    nw, nx = len(wp), len(xp)
+    if batches < 0 or (batches == 0 and (nw or nx)) or (batches > 0 and (nw % batches or nx % batches)):
+        raise ValueError(f"array_matmul: {nw} w rows and {nx} x rows do not split into "
+                         f"{batches} batches")
+    if (bias is None) != (b_pos is None):
+        raise ValueError("array_matmul: give both bias and b_pos, or neither")
+    bp = None
+    if bias is not None:
+        bias = _store(bias, "bias")
+        bp = _positions(bias, b_pos, 1, "b_pos")
+        _same_length(nw, len(bp), "array_matmul: w_rows and b_pos")
+    p_count, q_count = (nw // batches, nx // batches) if batches else (0, 0)
+    first = np.arange(batches, dtype=np.int64)[:, None, None]
+    p_rows, q_rows = np.broadcast_arrays(first * p_count + np.arange(p_count)[None, :, None],
+                                         first * q_count + np.arange(q_count)[None, None, :])
+    if x_major:
+        p_rows, q_rows = p_rows.swapaxes(1, 2), q_rows.swapaxes(1, 2)
+    p_rows, q_rows = p_rows.reshape(-1), q_rows.reshape(-1)
+    return array_linear(w, np.ascontiguousarray(wp[p_rows]), x, np.ascontiguousarray(xp[q_rows]),
+                        bias, None if bp is None else np.ascontiguousarray(bp[p_rows]))
 
 
 def array_reduce(op: str, store: Any, pos: Any) -> NodeStore:

@@ -793,7 +793,7 @@ class MLArrayBase:
 
 
 def _matmul(a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
-    """a @ b with NumPy's rules, as one 'linear' node per output element."""
+    """a @ b with NumPy's rules, as one 'linear' node per output element (array_matmul)."""
     if a.ndim == 0 or b.ndim == 0:
         which = 0 if a.ndim == 0 else 1
         raise ValueError(f"matmul: input operand {which} does not have enough dimensions "
@@ -810,13 +810,13 @@ def _matmul(a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
     except ValueError:
         raise ValueError(f"matmul: the batch dimensions of shapes {a.shape} and {b.shape} "
                          "cannot be broadcast together") from None
-    full = batch + (n, m, k)
-    rows = int(np.prod(full[:-1], dtype=np.int64))
-    w_pos = np.broadcast_to(ai[..., :, None, :], full).reshape((rows, k))
-    x_pos = np.broadcast_to(np.swapaxes(bi, -1, -2)[..., None, :, :], full).reshape((rows, k))
-    store = a._kernels.array_linear(a._store, np.ascontiguousarray(w_pos, dtype=np.int64),
-                                    b._store, np.ascontiguousarray(x_pos, dtype=np.int64),
-                                    None, None)
+    batches = int(np.prod(batch, dtype=np.int64))
+    # each operand row once: a's rows and b's columns, broadcast over the batch dimensions
+    w_rows = np.broadcast_to(ai, batch + (n, k)).reshape((batches * n, k))
+    x_rows = np.broadcast_to(np.swapaxes(bi, -1, -2), batch + (m, k)).reshape((batches * m, k))
+    store = a._kernels.array_matmul(a._store, np.ascontiguousarray(w_rows, dtype=np.int64),
+                                    b._store, np.ascontiguousarray(x_rows, dtype=np.int64),
+                                    batches)
     shape = batch + ((n,) if a.ndim > 1 else ()) + ((m,) if b.ndim > 1 else ())
     return type(a)._new(store, shape)
 
@@ -843,16 +843,14 @@ def dense(x: Any, weight: MLArrayBase, bias: Optional[MLArrayBase] = None) -> ML
         raise ValueError(f"dense: bias must be an MLArray of shape ({nout},), not {what}")
     batch = x.shape[:-1]
     n = int(np.prod(batch, dtype=np.int64))
-    full = (n, nout, nin)
-    w_pos = np.broadcast_to(weight._index[None, :, :], full).reshape((n * nout, nin))
-    x_pos = np.broadcast_to(x._index.reshape((n, nin))[:, None, :], full).reshape((n * nout, nin))
     b_store, b_pos = None, None
     if bias is not None:
-        b_store = bias._store
-        b_pos = _positions(np.broadcast_to(bias._index[None, :], (n, nout)))
-    store = weight._kernels.array_linear(
-        weight._store, np.ascontiguousarray(w_pos, dtype=np.int64),
-        x._store, np.ascontiguousarray(x_pos, dtype=np.int64), b_store, b_pos)
+        b_store, b_pos = bias._store, _positions(bias._index)
+    # one output row per input row (x_major): out[i, j] pairs x[i] with weight[j] and bias[j]
+    store = weight._kernels.array_matmul(
+        weight._store, np.ascontiguousarray(weight._index, dtype=np.int64),
+        x._store, np.ascontiguousarray(x._index.reshape((n, nin)), dtype=np.int64), 1,
+        b_store, b_pos, True)
     return type(weight)._new(store, batch + (nout,))
 
 
