@@ -45,7 +45,10 @@ Two more tables time the kernels alone on 1,000,000-element arrays (ns per creat
 issue's <= 20 ns target), once on a fresh arena (before the workloads) and once after them, when
 the arena's free list (last freed, first reused) hands out scattered slots. ``ns/child`` explains
 the n-ary nodes: a 'linear' node sums its k products left to right (bit for bit micrograd's
-neuron) and references 2k children, so its cost grows with k. This script asserts nothing.
+neuron) and references 2k children, so its cost grows with k. A C program
+(``benchmarks/c_floor/libm_floor.c``, needs gcc) gives the floor under those figures on the same
+machine: writing one 64-byte node, and the libm calls (tanh, exp, pow) that Python's own
+arithmetic makes and the engine must make too. This script asserts nothing.
 """
 
 from __future__ import annotations
@@ -391,6 +394,30 @@ def bench_kernels(reps: int, when: str) -> None:
           f"{m / (2 * n + 1) * 1e9:8.1f}")
 
 
+def print_c_floor(reps: int) -> None:
+    """benchmarks/c_floor/libm_floor.c: the least a created node can cost here (writing 64
+    bytes), and the libm calls the engine must make to give Python's bits."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from bench_replay import build_floor
+
+    source = Path(__file__).resolve().parent / "c_floor" / "libm_floor.c"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            exe = build_floor(Path(tmp), source)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"\nC floor: cannot build {source.name} ({exc}); skipped")
+            return
+        out = subprocess.run([str(exe), "1000000", str(reps)], capture_output=True, text=True,
+                             check=True).stdout
+    floor = dict(line.split() for line in out.splitlines())
+    print(f"\nC floor, same machine ({source.name}, gcc -O2, 1,000,000 elements, ns per element): "
+          f"write a 64-byte node {floor['node64']}, libm tanh {floor['tanh']}, exp {floor['exp']}, "
+          f"pow(x, 2) {floor['pow']} (the functions math.tanh, math.exp and ** call)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
@@ -405,6 +432,7 @@ def main() -> None:
     print(f"michigrad {michigrad.__version__} ({michigrad.engine.ENGINE} engine), "
           f"torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}")
     bench_kernels(reps, "fresh arena (free slots in address order)")
+    print_c_floor(reps)
     bench_workloads(reps)
     # The arena's free list is last-freed-first: after graphs of mixed shapes were freed, new
     # nodes land on scattered slots, each write a cache miss. Same kernels, same inputs:

@@ -167,6 +167,8 @@ def test_matmul_grid_is_array_linear_row_by_row(K, k, batches, with_bias, x_majo
         x = numbers(K, [mixed() for _ in range(batches * q_count * k)])
         b = numbers(K, [mixed() for _ in range(batches * p_count)])
         out = kernel_call(w, x, b)
+        if K is _engine:  # every reference counted once: each w entry Q times, each x entry P
+            assert _engine._arena_check()
         total = K.array_reduce("sum", out, arange(len(out)).reshape(1, -1))
         K.array_backward(total, 0)
         stores = (w, x, b)
@@ -211,6 +213,42 @@ def test_matmul_grid_of_ints_is_exact_like_linear(K, Value):
     assert [type(v) for v in K.array_numbers(out, arange(2))] == [float, float]
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matmul_grid_of_floats_is_linear_to_the_last_bit(K, Value, engine, with_bias):
+    """All-float rows take the kernel's fast sum: the same bits as michigrad.linear, special
+    values included (-0.0 products summed from the int 0 give 0.0, inf - inf is nan)."""
+    linear = importlib.import_module(VALUE_MODULES[engine]).linear
+    specials = [-0.0, 0.0, 1.0, -1.5, float("inf"), float("-inf"), float("nan"), 5e-324, 1e308]
+    rng = random.Random(with_bias)
+    cases = [(1, [-0.0, 2.0], [1.0, -0.0, float("inf")], [-0.0, 1.0])]  # -0.0 products, 0 * inf
+    for _ in range(30):
+        k = rng.randint(1, 4)
+        cases.append((k, [rng.choice(specials) for _ in range(2 * k)],  # 2 w rows
+                      [rng.choice(specials) for _ in range(3 * k)],     # 3 x rows
+                      [rng.choice(specials) for _ in range(2)]))
+    for k, wx, xx, bx in cases:
+        w, x, b = numbers(K, wx), numbers(K, xx), numbers(K, bx)
+        bias = (b, arange(2)) if with_bias else (None, None)
+        out = K.array_matmul(w, arange(2 * k).reshape(2, k), x, arange(3 * k).reshape(3, k), 1, *bias)
+        ws, xs, bs = (K.array_values(s, arange(len(s))) for s in (w, x, b))
+        want = [linear(ws[p * k:(p + 1) * k], xs[q * k:(q + 1) * k], bs[p] if with_bias else None)
+                for p in range(2) for q in range(3)]
+        assert element_bits(K, out, 6) == [bits(v.data) for v in want]
+
+
+@pytest.mark.parametrize(("batches", "p_rows", "q_rows", "k"), [
+    (0, 0, 0, 3), (1, 0, 4, 2), (1, 4, 0, 2), (2, 0, 0, 5), (3, 3, 0, 0)])
+def test_matmul_grid_with_no_output_makes_nothing(K, engine, batches, p_rows, q_rows, k):
+    store = numbers(K, [1.0, 2.0, 3.0, 4.0, 5.0])
+    before = stats_now(engine)
+    w_rows = (arange(p_rows * k) % 5).reshape(p_rows, k)
+    x_rows = (arange(q_rows * k) % 5).reshape(q_rows, k)
+    out = K.array_matmul(store, w_rows, store, x_rows, batches)
+    assert len(out) == 0
+    if engine == "compiled":
+        assert stats_now(engine) == before
+
+
 def test_matmul_grid_references_and_frees_its_operands(K, engine):
     if engine == "compiled":
         gc.collect()
@@ -224,6 +262,21 @@ def test_matmul_grid_references_and_frees_its_operands(K, engine):
         assert live() == before + 8  # the inputs stay alive through the outputs' references
         assert _engine._arena_check()
     del out
+    gc.collect()
+    if engine == "compiled":
+        assert live() == before
+        assert _engine._arena_check()
+    # two batches of 3 w rows x 2 x rows, both layouts: w nodes used Q = 2 times, x nodes P = 3
+    # times, biases Q times per batch; dropping the outputs gives every reference back
+    a, b, bias = numbers(K, [0.5] * 12), numbers(K, [1.5] * 8), numbers(K, [2.0] * 6)
+    outs = [K.array_matmul(a, arange(12).reshape(6, 2), b, arange(8).reshape(4, 2), 2,
+                           bias, arange(6), x_major) for x_major in (False, True)]
+    if engine == "compiled":
+        assert _engine._arena_check()
+    del a, b, bias
+    gc.collect()
+    assert [len(o) for o in outs] == [12, 12]
+    del outs
     gc.collect()
     if engine == "compiled":
         assert live() == before
@@ -417,11 +470,13 @@ def run_program(K, program, xs):
             w_pos = (arange(n * 3) * 7 % n).reshape(n, 3)
             x_pos = (arange(n * 3) * 5 % n).reshape(n, 3)
             stores.append(K.array_linear(src, w_pos, stores[-1], x_pos, stores[0], arange(n)))
-        elif op == "matmul":  # n rows of src against one row of the last store, bias src[0]
-            w_rows = (arange(n * 2) * 7 % n).reshape(n, 2)
-            x_rows = (arange(2) * 5 % n).reshape(1, 2)
-            stores.append(K.array_matmul(src, w_rows, stores[-1], x_rows, 1, stores[0], arange(n),
-                                         arg % 2 == 1))
+        elif op == "matmul":  # P rows of src against Q rows of the last store, P * Q = n
+            p_count = 2 if n % 2 == 0 else n  # both > 1 where n allows: the layout matters
+            q_count = n // p_count
+            w_rows = (arange(p_count * 2) * 7 % n).reshape(p_count, 2)
+            x_rows = (arange(q_count * 2) * 5 % n).reshape(q_count, 2)
+            stores.append(K.array_matmul(src, w_rows, stores[-1], x_rows, 1, stores[0],
+                                         arange(p_count), arg % 2 == 1))
     top = stores[-1]
     root = K.array_reduce("sum", top, arange(n).reshape(1, n))
     K.array_backward(root, 0)
@@ -507,6 +562,8 @@ def stats_now(engine):
     (lambda K, s: K.array_matmul(s, pos([0]), s, pos([7]), 1), IndexError),
     (lambda K, s: K.array_matmul(s, pos([0]), s, pos([1]), 1, s, pos(3)), IndexError),
     (lambda K, s: K.array_matmul(s, pos(0, 1), s, pos(1, 2), 1), ValueError),
+    (lambda K, s: K.array_matmul(s, pos([9]), s, pos([1]), "1"), TypeError),
+    (lambda K, s: K.array_matmul(s, pos([0]), s, pos([1]), 2**70), OverflowError),
     (lambda K, s: K.array_reduce("sum", s, np.zeros((2, 0), dtype=np.int64)), ValueError),
     (lambda K, s: K.array_reduce("sum", s, pos(0, 1)), ValueError),
     (lambda K, s: K.array_reduce("mean", s, pos([0, 1])), ValueError),

@@ -47,6 +47,25 @@ def test_dense_shapes(active):
         nn.Dense(2, 2, activation="softplus")
 
 
+def test_dense_function_rejects_bad_arguments_by_name(MLArray, engine):
+    other = array_class("reference" if engine == "compiled" else "compiled")
+    w, x, b = MLArray.ones(4, 3), MLArray.ones(2, 3), MLArray.ones(4)
+    assert A.dense(x, w, b).shape == (2, 4)
+    cases = [
+        (lambda: A.dense(x, [[1.0] * 3] * 4, b), TypeError, "weight must be an MLArray"),
+        (lambda: A.dense(x, MLArray.ones(4, 3, 1), b), ValueError, r"2-D \(nout, nin\)"),
+        (lambda: A.dense(MLArray.ones(2, 5), w, b), ValueError, r"\(2, 5\).*3 features"),
+        (lambda: A.dense(MLArray(1.0), w), ValueError, "features"),
+        (lambda: A.dense(x, w, MLArray.ones(3)), ValueError, r"shape \(4,\), not \(3,\)"),
+        (lambda: A.dense(x, w, [1.0] * 4), ValueError, "not list"),
+        (lambda: A.dense(other.ones(2, 3), w, b), TypeError, "engine"),
+        (lambda: A.dense(x, w, other.ones(4)), TypeError, "engine"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+
+
 def test_dense_is_linear_to_the_last_bit(active, Value):
     """Same draws as nn.Linear (micrograd's), same 'linear' nodes: same values and gradients."""
     MLArray = active

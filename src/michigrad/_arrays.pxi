@@ -550,7 +550,7 @@ def array_linear(NodeStore w not None, w_pos, NodeStore x not None, x_pos, bias=
         bq = pos_of(bp)
     cdef Py_ssize_t n = wp.n, m = wp.k, r, k
     cdef bint has_bias = b is not None
-    if 2 * m + 1 > INT32_MAX:
+    if n > 0 and 2 * m + 1 > INT32_MAX:  # (no rows: nothing to make, however long)
         raise MemoryError("array_linear: too many inputs per row")
     cdef int32_t nkids = <int32_t>(2 * m + has_bias)
     cdef const int64_t* wq = pos_of(wp)
@@ -666,9 +666,11 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     cdef Py_ssize_t P = wp.n // batches if batches else 0
     cdef Py_ssize_t Q = xp.n // batches if batches else 0
     cdef bint has_bias = b is not None
+    if P == 0 or Q == 0:  # no node to make (however long the rows): nothing to resolve
+        return new_store(0)
     if 2 * m + 1 > INT32_MAX:
         raise MemoryError("array_matmul: too many inputs per row")
-    if P and Q and batches > INT32_MAX // P // Q:
+    if batches > INT32_MAX // P // Q:
         raise MemoryError(f"michigrad: {batches} x {P} x {Q} nodes do not fit the node arena")
     cdef Py_ssize_t total = batches * P * Q
     cdef int32_t nkids = <int32_t>(2 * m + has_bias)

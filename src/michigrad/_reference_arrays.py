@@ -366,13 +366,15 @@ def array_matmul(w: Any, w_rows: Any, x: Any, x_rows: Any, batches: int, bias: A
     and Q = len(x_rows) / batches, the node for (b, p, q) is array_linear's row for
     w_rows[b*P + p], x_rows[b*Q + q] (and b_pos[b*P + p]), laid out (b, p, q) -- a matmul -- or
     (b, q, p) when x_major (a dense layer)."""
+    batches = operator.index(batches)
+    if not -2**63 <= batches < 2**63:  # the compiled kernel takes a C ssize_t
+        raise OverflowError("Python int too large to convert to C ssize_t")
     w, x = _store(w, "w"), _store(x, "x")
     wp = _positions(w, w_rows, 2, "w_rows")
     xp = _positions(x, x_rows, 2, "x_rows")
     if wp.shape[1] != xp.shape[1]:
         raise ValueError(f"array_matmul: w_rows has rows of {wp.shape[1]} positions but x_rows "
                          f"of {xp.shape[1]}")
-    batches = operator.index(batches)
     nw, nx = len(wp), len(xp)
     if batches < 0 or (batches == 0 and (nw or nx)) or (batches > 0 and (nw % batches or nx % batches)):
         raise ValueError(f"array_matmul: {nw} w rows and {nx} x rows do not split into "
@@ -385,6 +387,8 @@ def array_matmul(w: Any, w_rows: Any, x: Any, x_rows: Any, batches: int, bias: A
         bp = _positions(bias, b_pos, 1, "b_pos")
         _same_length(nw, len(bp), "array_matmul: w_rows and b_pos")
     p_count, q_count = (nw // batches, nx // batches) if batches else (0, 0)
+    if p_count == 0 or q_count == 0:
+        return NodeStore([])
     first = np.arange(batches, dtype=np.int64)[:, None, None]
     p_rows, q_rows = np.broadcast_arrays(first * p_count + np.arange(p_count)[None, :, None],
                                          first * q_count + np.arange(q_count)[None, None, :])
