@@ -392,6 +392,20 @@ def bench_kernels(reps: int, when: str) -> None:
     m = statistics.median(times)
     print(f"{'backward: sum(tanh(x)), 2M+1 nodes':34s} {m * 1e3:10.2f} {2 * n + 1:9d} "
           f"{m / (2 * n + 1) * 1e9:8.1f}")
+    # backward through a matmul's 'linear' nodes: each child's gradient is one read and one
+    # read-modify-write of a node (plus the visit of the topological order)
+    grid = _engine.array_matmul(store, pos[: 125 * 64].reshape(125, 64), store,
+                                rev[: 64 * 64].reshape(64, 64), 1)
+    total = _engine.array_reduce("sum", grid, pos[: len(grid)].reshape(1, -1))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _engine.array_backward(total, 0)
+        times.append(time.perf_counter() - t0)
+    m = statistics.median(times)
+    nodes = len(grid) + 1
+    print(f"{'backward: sum(125x64 @ 64x64)':34s} {m * 1e3:10.2f} {nodes:9d} "
+          f"{m / nodes * 1e9:8.1f} {m / (len(grid) * 128) * 1e9:9.1f}")
 
 
 def print_c_floor(reps: int) -> None:
