@@ -338,32 +338,36 @@ def bench_kernels(reps: int, when: str) -> None:
     half64 = n // 2 // 64 * 64  # half the elements, in whole rows of 64
     data = np.random.default_rng(1).uniform(-2, 2, n)
     store = _engine.array_from_numbers(data)
-    cases: list[tuple[str, Callable[[], Any]]] = [
-        ("array_from_numbers (leaves)", lambda: _engine.array_from_numbers(data)),
-        ("unary relu", lambda: _engine.array_unary("relu", store, pos)),
-        ("unary leaky_relu", lambda: _engine.array_unary("leaky_relu", store, pos, 0.01)),
-        ("unary tanh", lambda: _engine.array_unary("tanh", store, pos)),
-        ("unary exp (checked first)", lambda: _engine.array_unary("exp", store, pos)),
-        ("unary powc 2 (checked first)", lambda: _engine.array_unary("powc", store, pos, 2)),
-        ("binary mul", lambda: _engine.array_binary("mul", store, pos, store, rev)),
-        ("binary add", lambda: _engine.array_binary("add", store, pos, store, rev)),
-        ("reduce sum, rows of 2", lambda: _engine.array_reduce("sum", store, pos.reshape(-1, 2))),
-        ("reduce sum, rows of 16", lambda: _engine.array_reduce("sum", store, pos.reshape(-1, 16))),
-        ("reduce max, rows of 16", lambda: _engine.array_reduce("max", store, pos.reshape(-1, 16))),
-        ("linear, rows of 8 (+bias)", lambda: _engine.array_linear(
+    def matmul_grid() -> Any:  # 125 x 64 @ 64 x 64: 8,000 nodes of 128 children
+        return _engine.array_matmul(store, pos[: 125 * 64].reshape(125, 64), store,
+                                    rev[: 64 * 64].reshape(64, 64), 1)
+
+    # (label, children per node where more than one: the ns/child column, make the nodes)
+    cases: list[tuple[str, int, Callable[[], Any]]] = [
+        ("array_from_numbers (leaves)", 0, lambda: _engine.array_from_numbers(data)),
+        ("unary relu", 0, lambda: _engine.array_unary("relu", store, pos)),
+        ("unary leaky_relu", 0, lambda: _engine.array_unary("leaky_relu", store, pos, 0.01)),
+        ("unary tanh", 0, lambda: _engine.array_unary("tanh", store, pos)),
+        ("unary exp (checked first)", 0, lambda: _engine.array_unary("exp", store, pos)),
+        ("unary powc 2 (checked first)", 0, lambda: _engine.array_unary("powc", store, pos, 2)),
+        ("binary mul", 0, lambda: _engine.array_binary("mul", store, pos, store, rev)),
+        ("binary add", 0, lambda: _engine.array_binary("add", store, pos, store, rev)),
+        ("reduce sum, rows of 2", 2, lambda: _engine.array_reduce("sum", store, pos.reshape(-1, 2))),
+        ("reduce sum, rows of 16", 16, lambda: _engine.array_reduce("sum", store, pos.reshape(-1, 16))),
+        ("reduce max, rows of 16", 16, lambda: _engine.array_reduce("max", store, pos.reshape(-1, 16))),
+        ("linear, rows of 8 (+bias)", 17, lambda: _engine.array_linear(
             store, pos[: n // 2].reshape(-1, 8), store, rev[: n // 2].reshape(-1, 8),
             store, pos[: n // 16])),
-        ("linear, rows of 64 (matmul 64)", lambda: _engine.array_linear(
+        ("linear, rows of 64 (matmul 64)", 128, lambda: _engine.array_linear(
             store, pos[: half64].reshape(-1, 64), store, rev[: half64].reshape(-1, 64))),
-        ("matmul (125x64 @ 64x64)", lambda: _engine.array_matmul(
-            store, pos[: 125 * 64].reshape(125, 64), store, rev[: 64 * 64].reshape(64, 64), 1)),
+        ("matmul (125x64 @ 64x64)", 128, matmul_grid),
     ]
     print(f"\nKernels alone on {n:,}-element inputs, {when}: median of {reps} (ns per created "
           "node; target <= 20)\n")
     header = f"{'kernel':34s} {'median ms':>10s} {'nodes':>9s} {'ns/node':>8s} {'ns/child':>9s}"
     print(header)
     print("-" * len(header))
-    for label, fn in cases:
+    for label, kids, fn in cases:
         times, made = [], 0
         for rep in range(reps + 1):
             gc.collect()
@@ -376,36 +380,27 @@ def bench_kernels(reps: int, when: str) -> None:
             if rep > 0:
                 times.append(t1 - t0)
         m = statistics.median(times)
-        kids = {"reduce sum, rows of 2": 2, "reduce sum, rows of 16": 16, "reduce max, rows of 16": 16,
-                "linear, rows of 8 (+bias)": 17, "linear, rows of 64 (matmul 64)": 128,
-                "matmul (125x64 @ 64x64)": 128}.get(label)
-        per_child = f"{m / (made * kids) * 1e9:9.1f}" if kids else f"{'':9s}"
+        per_child = f"{m / (made * kids) * 1e9:9.1f}" if kids else ""
         print(f"{label:34s} {m * 1e3:10.2f} {made:9d} {m / made * 1e9:8.1f} {per_child}")
-    # backward over a 1M-node layer: the sweep applies the op table in C
-    out = _engine.array_unary("tanh", store, pos)
-    total = _engine.array_reduce("sum", out, pos.reshape(1, n))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        _engine.array_backward(total, 0)
-        times.append(time.perf_counter() - t0)
-    m = statistics.median(times)
-    print(f"{'backward: sum(tanh(x)), 2M+1 nodes':34s} {m * 1e3:10.2f} {2 * n + 1:9d} "
-          f"{m / (2 * n + 1) * 1e9:8.1f}")
-    # backward through a matmul's 'linear' nodes: each child's gradient is one read and one
-    # read-modify-write of a node (plus the visit of the topological order)
-    grid = _engine.array_matmul(store, pos[: 125 * 64].reshape(125, 64), store,
-                                rev[: 64 * 64].reshape(64, 64), 1)
-    total = _engine.array_reduce("sum", grid, pos[: len(grid)].reshape(1, -1))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        _engine.array_backward(total, 0)
-        times.append(time.perf_counter() - t0)
-    m = statistics.median(times)
-    nodes = len(grid) + 1
-    print(f"{'backward: sum(125x64 @ 64x64)':34s} {m * 1e3:10.2f} {nodes:9d} "
-          f"{m / nodes * 1e9:8.1f} {m / (len(grid) * 128) * 1e9:9.1f}")
+
+    def backward_of_sum(label: str, layer: Any, nodes: int, children: int) -> None:
+        """Time backward() from sum(layer), over `nodes` nodes: the sweep applies the op table
+        in C."""
+        total = _engine.array_reduce("sum", layer, pos[: len(layer)].reshape(1, -1))
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            _engine.array_backward(total, 0)
+            times.append(time.perf_counter() - t0)
+        m = statistics.median(times)
+        per_child = f"{m / (len(layer) * children) * 1e9:9.1f}" if children else ""
+        print(f"{label:34s} {m * 1e3:10.2f} {nodes:9d} {m / nodes * 1e9:8.1f} {per_child}")
+
+    backward_of_sum("backward: sum(tanh(x)), 2M+1 nodes", _engine.array_unary("tanh", store, pos),
+                    2 * n + 1, 0)
+    # a matmul's 'linear' nodes: each child's gradient is one read and one read-modify-write of
+    # a node (plus its visit in the topological order)
+    backward_of_sum("backward: sum(125x64 @ 64x64)", matmul_grid(), 8000 + 1, 128)
 
 
 def print_c_floor(reps: int) -> None:

@@ -97,3 +97,22 @@ def build_program(
     for node in sinks[1:]:
         root = root + node
     return nodes, root
+
+
+def check_replays(g: Any, leaves: list[Any], fresh: Callable[[Any], tuple[Any, list[Any]]],
+                  batches: list[Any]) -> None:
+    """Feed each batch: the replayed value and leaf gradients are a fresh build's, bit for bit."""
+    for batch in batches:
+        for v in leaves:
+            v.grad = 0
+        g.feed(batch)
+        replayed = g.forward()
+        g.backward()
+        replayed_grads = [bits(v.grad) for v in leaves]
+        loss, fresh_leaves = fresh(batch)
+        for v in fresh_leaves:  # a fresh build may reuse the recorded leaves (parameters)
+            v.grad = 0
+        loss.backward()
+        assert bits(replayed) == bits(loss.data), batch
+        assert replayed_grads == [bits(v.grad) for v in fresh_leaves], batch
+        assert math.isfinite(replayed)

@@ -9,14 +9,13 @@ losses themselves against torch.)
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
 from michigrad import Graph, losses
-from conftest import bits
+from conftest import bits, check_replays
 
 
 @pytest.fixture(autouse=True)
@@ -71,23 +70,6 @@ CASES: dict[str, tuple[Loss, Any, list[Any], list[Any]]] = {
 
 def scalar_inputs(Value: type, rows: list[list[float]]) -> list[list[Any]]:  # noqa: N803
     return [[Value(x) for x in row] for row in rows]
-
-
-def check_replays(g: Graph, leaves: list[Any], fresh: Callable[[Any], tuple[Any, list[Any]]],
-                  batches: list[Any]) -> None:
-    """Feed each batch: the replayed value and leaf gradients are a fresh build's, bit for bit."""
-    for batch in batches:
-        for v in leaves:
-            v.grad = 0
-        g.feed(batch)
-        replayed = g.forward()
-        g.backward()
-        replayed_grads = [bits(v.grad) for v in leaves]
-        loss, fresh_leaves = fresh(batch)
-        loss.backward()
-        assert bits(replayed) == bits(loss.data), batch
-        assert replayed_grads == [bits(v.grad) for v in fresh_leaves], batch
-        assert math.isfinite(replayed)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -494,28 +494,6 @@ cdef void free_children_arrays(int32_t** arrays, Py_ssize_t n) noexcept:
         free(arrays)
 
 
-cdef void add_references(NodeStore s, const int64_t* pos, Py_ssize_t total) noexcept:
-    """One reference to the node at slot pos[k] of s for every k. Where slots repeat (a matmul
-    reads every element once per output row or column), they are counted per slot first, so a
-    node's count is written once rather than once per use: the row loop then only reads nodes,
-    which matters when they are spread over the arena (a matrix column)."""
-    cdef Node* nodes = A.nodes
-    cdef uint32_t* counts = NULL
-    cdef Py_ssize_t k
-    if 0 < s.n and 2 * s.n <= total:  # slots used twice on average: worth counting
-        counts = <uint32_t*>calloc(<size_t>s.n, sizeof(uint32_t))
-    if counts == NULL:  # few repeats (or no memory to count them): one by one
-        for k in range(total):
-            nodes[s.slots[pos[k]]].refcnt += 1
-        return
-    for k in range(total):
-        counts[pos[k]] += 1
-    for k in range(s.n):
-        if counts[k]:
-            nodes[s.slots[k]].refcnt += counts[k]
-    free(counts)
-
-
 cdef inline void attach_kids(Node* node, int32_t* kids, int32_t nkids) noexcept nogil:
     """Give a node made by new_node(..., -1, -1) its children, filled in by the caller (who
     has counted the references): the layout kid() reads (a malloc'd array is now the node's)."""
@@ -527,79 +505,34 @@ cdef inline void attach_kids(Node* node, int32_t* kids, int32_t nkids) noexcept 
         node.kids.pair[1] = kids[1] if nkids > 1 else -1
 
 
+cdef _ArrayArg bias_positions(object bias, object b_pos, Py_ssize_t rows, str kernel):
+    """The checked b_pos of a kernel's optional bias (one position per row), or None."""
+    if (bias is None) != (b_pos is None):
+        raise ValueError(f"{kernel}: give both bias and b_pos, or neither")
+    if bias is None:
+        return None
+    if not isinstance(bias, NodeStore):
+        raise TypeError(f"{kernel}: bias must be a NodeStore or None, not {type(bias).__name__}")
+    cdef _ArrayArg bp = positions_arg(b_pos, <NodeStore>bias, 1, "b_pos")
+    same_length(rows, bp.n, f"{kernel}: rows and b_pos")
+    return bp
+
+
 def array_linear(NodeStore w not None, w_pos, NodeStore x not None, x_pos, bias=None, b_pos=None):
     """n nodes 'linear', row r exactly `michigrad.linear(w[w_pos[r]], x[x_pos[r]], bias[b_pos[r]])`:
-    children [bias,] w..., x..., value summed left to right (bit-identical)."""
+    children [bias,] w..., x..., value summed left to right (bit-identical). It is
+    array_matmul with one w row and one x row per batch."""
     cdef _ArrayArg wp = positions_arg(w_pos, w, 2, "w_pos")
     cdef _ArrayArg xp = positions_arg(x_pos, x, 2, "x_pos")
     if wp.n != xp.n or wp.k != xp.k:
         raise ValueError(f"array_linear: w_pos has shape ({wp.n}, {wp.k}) but x_pos "
                          f"({xp.n}, {xp.k})")
-    if (bias is None) != (b_pos is None):
-        raise ValueError("array_linear: give both bias and b_pos, or neither")
-    cdef NodeStore b = None
-    cdef _ArrayArg bp = None
-    cdef const int64_t* bq = NULL
-    if bias is not None:
-        if not isinstance(bias, NodeStore):
-            raise TypeError(f"array_linear: bias must be a NodeStore or None, not "
-                            f"{type(bias).__name__}")
-        b = <NodeStore>bias
-        bp = positions_arg(b_pos, b, 1, "b_pos")
-        same_length(wp.n, bp.n, "array_linear: rows of w_pos and b_pos")
-        bq = pos_of(bp)
-    cdef Py_ssize_t n = wp.n, m = wp.k, r, k
-    cdef bint has_bias = b is not None
-    if n > 0 and 2 * m + 1 > INT32_MAX:  # (no rows: nothing to make, however long)
-        raise MemoryError("array_linear: too many inputs per row")
-    cdef int32_t nkids = <int32_t>(2 * m + has_bias)
-    cdef const int64_t* wq = pos_of(wp)
-    cdef const int64_t* xq = pos_of(xp)
-    cdef NodeStore out = new_store(n)
-    cdef int32_t** arrays = children_arrays(n, nkids) if nkids > 2 else NULL
-    try:
-        reserve(<int32_t>n)
-    except BaseException:
-        free_children_arrays(arrays, n)
-        raise
-    # nothing below can fail
-    add_references(w, wq, n * m)
-    add_references(x, xq, n * m)
-    if has_bias:
-        add_references(b, bq, n)
-    cdef Node* nodes = A.nodes
-    cdef int32_t pair[2]
-    cdef int32_t* kids = pair
-    cdef int32_t* wk
-    cdef int32_t* xk
-    cdef int32_t i
-    cdef double value
-    cdef bint value_int
-    for r in range(n):
-        if arrays != NULL:
-            kids = arrays[r]
-            arrays[r] = NULL  # the node owns it now
-        if has_bias:
-            kids[0] = b.slots[bq[r]]
-        wk = kids + has_bias
-        xk = wk + m
-        for k in range(m):
-            wk[k] = w.slots[wq[r * m + k]]
-        for k in range(m):
-            xk[k] = x.slots[xq[r * m + k]]
-        value = linear_value(nodes, kids, nkids, &value_int)
-        i = new_node(value, int_flag(value_int), OP_LINEAR, -1, -1)
-        attach_kids(&nodes[i], kids, nkids)
-        nodes[i].refcnt = 1
-        out.slots[r] = i
-    out.n = n
-    free_children_arrays(arrays, n)
-    return out
+    return array_matmul(w, w_pos, x, x_pos, wp.n, bias, b_pos)
 
 
 ctypedef struct GridRows:
     # One operand of array_matmul, resolved once: row r's nodes and their data (r * m ...), and
-    # whether any of them holds an int (that row then takes linear_value's int-aware path).
+    # whether any of them holds an int (a pair of such rows takes linear_value's int-aware path).
     int32_t* nodes
     double* data
     char* has_int
@@ -649,19 +582,9 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
             batches > 0 and (wp.n % batches or xp.n % batches)):
         raise ValueError(f"array_matmul: {wp.n} w rows and {xp.n} x rows do not split into "
                          f"{batches} batches")
-    if (bias is None) != (b_pos is None):
-        raise ValueError("array_matmul: give both bias and b_pos, or neither")
-    cdef NodeStore b = None
-    cdef _ArrayArg bp = None
-    cdef const int64_t* bq = NULL
-    if bias is not None:
-        if not isinstance(bias, NodeStore):
-            raise TypeError(f"array_matmul: bias must be a NodeStore or None, not "
-                            f"{type(bias).__name__}")
-        b = <NodeStore>bias
-        bp = positions_arg(b_pos, b, 1, "b_pos")
-        same_length(wp.n, bp.n, "array_matmul: w_rows and b_pos")
-        bq = pos_of(bp)
+    cdef _ArrayArg bp = bias_positions(bias, b_pos, wp.n, "array_matmul")
+    cdef NodeStore b = <NodeStore>bias if bp is not None else None
+    cdef const int64_t* bq = pos_of(bp) if bp is not None else NULL
     cdef Py_ssize_t m = wp.k
     cdef Py_ssize_t P = wp.n // batches if batches else 0
     cdef Py_ssize_t Q = xp.n // batches if batches else 0
@@ -722,9 +645,10 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
                     kids[0] = b.slots[bq[p]]
                 memcpy(kids + has_bias, wr.nodes + p * m, <size_t>m * sizeof(int32_t))
                 memcpy(kids + has_bias + m, xr.nodes + q * m, <size_t>m * sizeof(int32_t))
-                if m > 0 and not wr.has_int[p] and not xr.has_int[q]:
-                    # all products are floats: linear_value's sum without its int bookkeeping
-                    # (same operations, same order, same bits), on contiguous copies of the data
+                if m > 0 and not (wr.has_int[p] and xr.has_int[q]):
+                    # one row has no int, so every product is a float (an int product needs
+                    # two ints): linear_value's sum without its int bookkeeping (same
+                    # operations, same order, same bits), on contiguous copies of the data
                     value = nodes[kids[0]].data if has_bias else 0.0
                     wd = wr.data + p * m
                     xd = xr.data + q * m
@@ -764,8 +688,9 @@ def array_reduce(op, NodeStore store not None, pos):
         free_children_arrays(arrays, n)
         raise
     # nothing below can fail
-    add_references(store, q, n * m)
     cdef Node* nodes = A.nodes
+    for k in range(n * m):
+        nodes[store.slots[q[k]]].refcnt += 1
     cdef int32_t pair[2]
     cdef int32_t* kids = pair
     cdef int32_t i

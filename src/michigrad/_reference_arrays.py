@@ -337,6 +337,17 @@ def array_binary(op: str, a: Any, a_pos: Any, b: Any, b_pos: Any) -> NodeStore:
     return NodeStore([fn(x, y) for x, y in zip(xs, ys)])
 
 
+def _bias_positions(bias: Any, b_pos: Any, rows: int, kernel: str) -> Optional[np.ndarray]:
+    """The checked b_pos of a kernel's optional bias (one position per row), or None."""
+    if (bias is None) != (b_pos is None):
+        raise ValueError(f"{kernel}: give both bias and b_pos, or neither")
+    if bias is None:
+        return None
+    bp = _positions(_store(bias, "bias"), b_pos, 1, "b_pos")
+    _same_length(rows, len(bp), f"{kernel}: rows and b_pos")
+    return bp
+
+
 def array_linear(w: Any, w_pos: Any, x: Any, x_pos: Any, bias: Any = None,
                  b_pos: Any = None) -> NodeStore:
     """n nodes, node i being ``linear(w[w_pos[i]], x[x_pos[i]], bias[b_pos[i]])``: the fused
@@ -347,13 +358,9 @@ def array_linear(w: Any, w_pos: Any, x: Any, x_pos: Any, bias: Any = None,
     if wp.shape != xp.shape:
         raise ValueError(f"array_linear: w_pos has shape {wp.shape} but x_pos {xp.shape}")
     n = wp.shape[0]
-    if (bias is None) != (b_pos is None):
-        raise ValueError("array_linear: give both bias and b_pos, or neither")
+    bp = _bias_positions(bias, b_pos, n, "array_linear")
     biases: list[Optional[Value]] = [None] * n
-    if bias is not None:
-        bias = _store(bias, "bias")
-        bp = _positions(bias, b_pos, 1, "b_pos")
-        _same_length(n, len(bp), "array_linear: b_pos")
+    if bp is not None:
         biases = [bias.values[k] for k in bp.tolist()]
     wv, xv = w.values, x.values
     return NodeStore([linear([wv[k] for k in wrow], [xv[k] for k in xrow], b)
@@ -379,13 +386,7 @@ def array_matmul(w: Any, w_rows: Any, x: Any, x_rows: Any, batches: int, bias: A
     if batches < 0 or (batches == 0 and (nw or nx)) or (batches > 0 and (nw % batches or nx % batches)):
         raise ValueError(f"array_matmul: {nw} w rows and {nx} x rows do not split into "
                          f"{batches} batches")
-    if (bias is None) != (b_pos is None):
-        raise ValueError("array_matmul: give both bias and b_pos, or neither")
-    bp = None
-    if bias is not None:
-        bias = _store(bias, "bias")
-        bp = _positions(bias, b_pos, 1, "b_pos")
-        _same_length(nw, len(bp), "array_matmul: w_rows and b_pos")
+    bp = _bias_positions(bias, b_pos, nw, "array_matmul")
     p_count, q_count = (nw // batches, nx // batches) if batches else (0, 0)
     if p_count == 0 or q_count == 0:
         return NodeStore([])
