@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import pickle
 import subprocess
@@ -176,3 +177,30 @@ def test_pickled_leaves_keep_public_attributes_only(Value):
     v.public, v._private = 1, 2
     w = pickle.loads(pickle.dumps(v))
     assert w.public == 1 and not hasattr(w, "_private")
+
+
+# --- max_of: the 'max' node of MLArray's reductions, for scalar code ----------------------------
+
+def test_max_of_is_one_node_choosing_the_first_largest(Value: type) -> None:
+    max_of = sys.modules[Value.__module__].max_of
+    a, b, c = Value(2), Value(5.0), Value(5)
+    m = max_of([a, b, c])
+    assert (m.data, type(m.data), m._op) == (5.0, float, "max")  # the first largest, its kind
+    assert m._children == (a, b, c)
+    (m * 3).backward()
+    assert (a.grad, b.grad, c.grad) == (0, 3, 0)  # only the chosen child
+    assert type(max_of([Value(1), Value(4)]).data) is int
+    nan = max_of([Value(1.0), Value(float("nan")), Value(9.0)])
+    assert math.isnan(nan.data)  # NaN wins, as in NumPy
+    assert max_of([Value(-math.inf), Value(-1.0)]).data == -1.0
+
+
+def test_max_of_rejects_bad_input_before_making_a_node(Value: type) -> None:
+    max_of = sys.modules[Value.__module__].max_of
+    with pytest.raises(ValueError, match="at least one"):
+        max_of([])
+    with pytest.raises(TypeError, match="must be Values"):
+        max_of([Value(1.0), 2.0])
+    other = "michigrad._reference" if Value.__module__ == "michigrad._engine" else "michigrad._engine"
+    with pytest.raises(TypeError, match="must be Values"):
+        max_of([Value(1.0), sys.modules[other].Value(2.0)])

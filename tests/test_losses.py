@@ -227,6 +227,19 @@ def test_cross_entropy_is_stable_for_huge_logits():
     assert np.allclose(grads_of(vs), t.grad.numpy(), rtol=1e-10, atol=TOL)
 
 
+def test_cross_entropy_takes_a_minus_infinite_logit_and_a_huge_spread():
+    # the shift is one exact max node: a leading -inf or a spread beyond 1e18 is no problem
+    rows = [[-math.inf, 0.0, 1.0], [1e20, -1e20, 0.0]]
+    vs = batch_values(rows)
+    t = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+    loss = L.cross_entropy(vs, [2, 0])
+    ref = F.cross_entropy(t, torch.tensor([2, 0]))
+    assert math.isfinite(loss.data) and loss.data == pytest.approx(ref.item(), rel=TOL)
+    loss.backward()
+    ref.backward()
+    assert np.allclose(grads_of(vs), t.grad.numpy(), rtol=1e-10, atol=TOL)
+
+
 def test_cross_entropy_rejects_bad_targets():
     with pytest.raises(ValueError, match=r"target class 3 is not in 0..2"):
         L.cross_entropy(values([1.0, 2.0, 3.0]), 3)

@@ -530,6 +530,43 @@ def array_linear(NodeStore w not None, w_pos, NodeStore x not None, x_pos, bias=
     return array_matmul(w, w_pos, x, x_pos, wp.n, bias, b_pos)
 
 
+def max_of(values):
+    """The first largest of the Values (the first NaN if any, as NumPy) as one node 'max',
+    keeping its int/float kind; backward sends the gradient to that one child. The node of
+    MLArray's max reduction (array_reduce's OP_MAX), for scalar code: no numpy needed."""
+    cdef list vs = list(values)
+    cdef Py_ssize_t n = len(vs), k
+    if n == 0:
+        raise ValueError("max_of: needs at least one Value")
+    for k in range(n):
+        if not isinstance(vs[k], Value):
+            raise TypeError(f"max_of: values must be Values of the compiled engine, not "
+                            f"{type(vs[k]).__module__}.{type(vs[k]).__qualname__}")
+        index_of(<Value>vs[k])
+    if n > INT32_MAX:
+        raise MemoryError("max_of: too many values")
+    cdef int32_t nkids = <int32_t>n
+    cdef int32_t** arrays = children_arrays(1, nkids) if nkids > 2 else NULL
+    try:
+        reserve(1)
+    except BaseException:
+        free_children_arrays(arrays, 1)
+        raise
+    # nothing below can fail
+    cdef int32_t pair[2]
+    cdef int32_t* kids = pair
+    if arrays != NULL:
+        kids = arrays[0]
+        free(arrays)  # the node owns arrays[0]
+    for k in range(n):
+        kids[k] = (<Value>vs[k])._i
+        A.nodes[kids[k]].refcnt += 1
+    cdef bint value_int
+    cdef double value = reduce_value(A.nodes, OP_MAX, kids, nkids, &value_int)
+    cdef int32_t i = new_node(value, int_flag(value_int), OP_MAX, -1, -1)
+    attach_kids(&A.nodes[i], kids, nkids)
+    return new_handle(i)
+
 ctypedef struct GridRows:
     # One operand of array_matmul, resolved once: row r's nodes and their data (r * m ...), and
     # whether any of them holds an int (a pair of such rows takes linear_value's int-aware path).

@@ -543,3 +543,57 @@ def _topological_order(root: Value) -> list[Value]:
             stack.pop()
             topo.append(node)
     return topo
+
+
+# Building blocks of the n-ary reductions (the array kernels of _reference_arrays.py make their
+# sum, max and min nodes with them), and max_of: the max node for scalar code.
+
+def _reduction(children: list[Value], label: str, forward: Callable[[], Number],
+               backward: Callable[[Value], None]) -> Value:
+    out = Value(forward(), children, label)
+    out._forward = forward
+    out._backward = lambda: backward(out)
+    return out
+
+
+def _chosen(children: list[Value], better: Callable[[Any, Any], bool]) -> int:
+    """The index of the first best child, or of the first NaN (NaN wins, as in NumPy)."""
+    best = 0
+    for k, c in enumerate(children):
+        d = c.data
+        if d != d:
+            return k
+        if better(d, children[best].data):
+            best = k
+    return best
+
+
+def _extreme(children: list[Value], label: str, better: Callable[[Any, Any], bool]) -> Value:
+    """The data of the first maximal (minimal) child, keeping its int/float kind; backward: that
+    child, found again from the current data (the first one equal to out.data, or the first NaN
+    when out.data is NaN), gets out.grad."""
+    def _forward() -> Number:
+        return children[_chosen(children, better)].data
+
+    def _backward(out: Value) -> None:
+        d = out.data
+        for c in children:
+            if c.data == d or (d != d and c.data != c.data):
+                c.grad += out.grad
+                return
+
+    return _reduction(children, label, _forward, _backward)
+
+
+def max_of(values: Iterable[Value]) -> Value:
+    """The first largest of the Values (the first NaN if any, as NumPy) as one node 'max',
+    keeping its int/float kind; backward sends the gradient to that one child. The node of
+    MLArray's max reduction, for scalar code."""
+    children = list(values)
+    if not children:
+        raise ValueError("max_of: needs at least one Value")
+    for c in children:
+        if not isinstance(c, Value):
+            raise TypeError(f"max_of: values must be Values of the reference engine, not "
+                            f"{type(c).__module__}.{type(c).__qualname__}")
+    return _extreme(children, "max", operator.gt)

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._reference import Number, Value, _as_number, _fit, linear
+from ._reference import Number, Value, _as_number, _extreme, _fit, _reduction, linear
 
 __all__ = [
     "NodeStore", "array_from_numbers", "array_from_values", "array_value", "array_values",
@@ -196,14 +196,6 @@ def array_assign(store: Any, pos: Any, src: Any, src_pos: Any) -> None:
 
 # ================================================================================ the new ops
 
-def _reduction(children: list[Value], label: str, forward: Callable[[], Number],
-               backward: Callable[[Value], None]) -> Value:
-    out = Value(forward(), children, label)
-    out._forward = forward
-    out._backward = lambda: backward(out)
-    return out
-
-
 def _sum(children: list[Value]) -> Value:
     """c0 + c1 + ... left to right, each '+' Value's (int while every term is an int and the sum
     fits); backward: every child (duplicates counted each time) gets out.grad."""
@@ -218,35 +210,6 @@ def _sum(children: list[Value]) -> Value:
             c.grad += out.grad
 
     return _reduction(children, "sum", _forward, _backward)
-
-
-def _chosen(children: list[Value], better: Callable[[Any, Any], bool]) -> int:
-    """The index of the first best child, or of the first NaN (NaN wins, as in NumPy)."""
-    best = 0
-    for k, c in enumerate(children):
-        d = c.data
-        if d != d:
-            return k
-        if better(d, children[best].data):
-            best = k
-    return best
-
-
-def _extreme(children: list[Value], label: str, better: Callable[[Any, Any], bool]) -> Value:
-    """The data of the first maximal (minimal) child, keeping its int/float kind; backward: that
-    child, found again from the current data (the first one equal to out.data, or the first NaN
-    when out.data is NaN), gets out.grad."""
-    def _forward() -> Number:
-        return children[_chosen(children, better)].data
-
-    def _backward(out: Value) -> None:
-        d = out.data
-        for c in children:
-            if c.data == d or (d != d and c.data != c.data):
-                c.grad += out.grad
-                return
-
-    return _reduction(children, label, _forward, _backward)
 
 
 def _leaky_relu(x: Value, slope: Number) -> Value:

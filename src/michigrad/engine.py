@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 ENGINE: str
 
 if TYPE_CHECKING:  # type checkers see the compiled engine's stub (_engine.pyi): the public type
-    from ._engine import Value, linear
+    from ._engine import Value, linear, max_of
 elif os.environ.get("MICHIGRAD_PURE", "") not in ("", "0"):
-    from ._reference import Value, linear
+    from ._reference import Value, linear, max_of
 
     ENGINE = "reference"
 else:
     try:
-        from ._engine import Value, linear
+        from ._engine import Value, linear, max_of
     except ImportError as exc:  # no compiled extension for this platform: say so once, go on
         warnings.warn(
             f"michigrad: compiled engine unavailable ({exc}); using the pure-Python engine, "
@@ -28,10 +28,10 @@ else:
             RuntimeWarning,
             stacklevel=2,
         )
-        from ._reference import Value, linear
+        from ._reference import Value, linear, max_of
 
         ENGINE = "reference"
     else:
         ENGINE = "compiled"
 
-__all__ = ["ENGINE", "Value", "linear"]
+__all__ = ["ENGINE", "Value", "linear", "max_of"]

@@ -27,7 +27,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal, Union, overload
 
-from .engine import Value
+from . import _reference
+from .engine import Value, max_of
 
 __all__ = [
     "mse_loss", "l1_loss", "mae_loss", "huber_loss", "hinge_loss", "binary_cross_entropy",
@@ -267,28 +268,20 @@ def binary_cross_entropy_with_logits(input: Nested, target: Nested,
     return _reduce(losses, reduction)
 
 
-def _max_of(zs: list[Value]) -> Value:
-    """A node whose value is max(zs) up to rounding: the left fold m <- m + relu(z - m), so a
-    replayed graph shifts by the new data's max (a constant taken from today's data would not:
-    replayed with larger logits, exp would overflow). When z > m, m + (z - m) is z up to an ulp
-    or two of |z - m|; the shift only needs the largest exponent near 0, and the loss does not
-    depend on it mathematically (its gradient, 1 - Σ softmax, is rounding noise). Scalar Values
-    have no n-ary max op; the MLArray form uses the exact max node instead. Needs finite logits
-    (a leading -inf gives -inf + inf = nan) whose spread is below ~1e18 (beyond, the fold's
-    rounding error can exceed exp's range)."""
-    m = zs[0]
-    for z in zs[1:]:
-        m = m + (z - m).relu()
-    return m
+def _max_node(zs: list[Value]) -> Value:
+    """One 'max' node over zs, made by the engine they belong to (losses work on whichever
+    engine's Value is losses.Value)."""
+    return (_reference.max_of if isinstance(zs[0], _reference.Value) else max_of)(zs)
 
 
 def _cross_entropy_one(logits: Sequence[Any], target: Any) -> Any:
-    """-log softmax(logits)[target] = log Σ exp(zᵢ - m) - (z_target - m), m = max(z) (see
-    _max_of): the largest exponent is about 0, so nothing overflows."""
+    """-log softmax(logits)[target] = log Σ exp(zᵢ - m) - (z_target - m), m = max(z), one 'max'
+    node (re-evaluated when the graph is replayed, so the shift follows the new data): the
+    largest exponent is 0, so nothing overflows."""
     zs = [_value(z) for z in logits]
     if not zs:
         raise ValueError("cross_entropy: empty logits")
-    m = _max_of(zs)
+    m = _max_node(zs)
     shifted = [z - m for z in zs]
     log_sum: Value = sum(s.exp() for s in shifted).log()  # type: ignore[union-attr]
     if _is_scalar(target) and not isinstance(target, Value):
