@@ -283,6 +283,73 @@ def test_matmul_grid_references_and_frees_its_operands(K, engine):
         assert _engine._arena_check()
 
 
+def shared_blocks() -> int:
+    return _engine._arena_stats()["shared_blocks"]
+
+
+def test_matmul_rows_are_shared_and_live_as_long_as_a_node_reads_them(K, engine):
+    """The compiled kernel stores each operand row once, as a block of children shared by the
+    outputs that read it (batches * (P + Q) blocks), not once per output node. Each node still
+    shows its own children, and a block keeps its nodes alive until its last reader is freed."""
+    gc.collect()
+    if engine == "compiled":
+        before, blocks = live(), shared_blocks()
+    a = numbers(K, [0.5, 1.5, -2.0, 3.0, 1.0, -1.0])  # 3 w rows of 2
+    b = numbers(K, [1.0, 2.0, 4.0, -3.0])  # [[1, 2], [4, -3]]: x rows are its columns
+    bias = numbers(K, [10, 20, 30])
+    out = K.array_matmul(a, arange(6).reshape(3, 2), b, pos([0, 2], [1, 3]), 1, bias, arange(3))
+    if engine == "compiled":
+        assert shared_blocks() == blocks + 3 + 2
+        assert _engine._arena_check()
+    kept = K.array_values(out, pos(4))[0]  # output (2, 0): 30 + 1.0 * 1.0 + -1.0 * 4.0
+    del out, a, b, bias
+    gc.collect()
+    if engine == "compiled":
+        assert shared_blocks() == blocks + 2  # its w row (with its bias) and its x row
+        assert live() == before + 1 + 5  # the node, its bias, 2 weights, 2 inputs
+        assert _engine._arena_check()
+    assert kept.data == 27.0
+    assert [c.data for c in kept._children] == [30, 1.0, -1.0, 1.0, 4.0]
+    kept.backward()
+    assert [c.grad for c in kept._children] == [1, 1.0, 4.0, 1.0, -1.0]
+    del kept
+    gc.collect()
+    if engine == "compiled":
+        assert (live(), shared_blocks()) == (before, blocks)
+        assert _engine._arena_check()
+    # one input per row and no bias: two children, the node's own (no block)
+    a, b = numbers(K, [2.0, 3.0]), numbers(K, [5.0, 7.0])
+    out = K.array_matmul(a, arange(2).reshape(2, 1), b, arange(2).reshape(2, 1), 1)
+    assert K.array_numbers(out, arange(4)) == [10.0, 14.0, 15.0, 21.0]
+    if engine == "compiled":
+        assert shared_blocks() == blocks
+        assert _engine._arena_check()
+
+
+def test_backward_sees_every_shared_row_after_the_visit_mark_wraps():
+    """backward() marks a shared block as scanned with the sort's visit mark; when the mark wraps
+    around (once in 2**32 sorts) every old mark is cleared, the blocks' too, or a block marked
+    with the new mark long ago would be skipped and its nodes' gradients lost."""
+    K = _engine
+    a, b = numbers(K, [0.5, -1.0, 2.0, 0.25]), numbers(K, [1.5, 1.0, -0.5, 3.0])
+    ea, eb = K.array_unary("exp", a, arange(4)), K.array_unary("tanh", b, arange(4))  # not leaves
+    out = K.array_matmul(ea, arange(4).reshape(2, 2), eb, pos([0, 2], [1, 3]), 1)
+    total = K.array_reduce("sum", out, arange(4).reshape(1, 4))
+    stores = (a, b, ea, eb, out, total)
+    runs = []
+    for _ in range(2):  # the first run leaves its blocks marked 1; the second wraps to 1 again
+        for store in stores:
+            K.array_zero_grad(store, arange(len(store)))
+        _engine._force_epoch_wrap()
+        K.array_backward(total, 0)
+        runs.append([grad_bits(K, s, 4) for s in (a, b)])
+    ea_, eb_ = np.exp([0.5, -1.0, 2.0, 0.25]), np.tanh([1.5, 1.0, -0.5, 3.0])
+    want_a = (eb_.reshape(2, 2).sum(axis=1)[None, :] * np.ones((2, 1))).reshape(-1) * ea_
+    assert runs[0] == runs[1]
+    np.testing.assert_allclose(K.array_grad(a, arange(4)), want_a, rtol=1e-12)
+    assert all(g != 0 for g in K.array_grad(b, arange(4)))
+
+
 # ------------------------------------------------------------------------------ the new ops
 
 def reduce_rows(K, op, xs_rows):

@@ -440,7 +440,7 @@ cdef NodeStore elementwise(uint16_t op, NodeStore a, const int64_t* a_pos, NodeS
         node = &nodes[new_node(r, int_flag(ri), op, i, j)]
         node.refcnt = 1
         if has_aux:
-            node.aux = c
+            node.aux.c = c
             node.flags |= aux_flag
         out.slots[k] = <int32_t>(node - nodes)
     out.n = n
@@ -567,6 +567,39 @@ def max_of(values):
     attach_kids(&A.nodes[i], kids, nkids)
     return new_handle(i)
 
+cdef KidBlock** new_blocks(Py_ssize_t count, int32_t n) except NULL:
+    """count malloc'd shared blocks of n children each (refcnt 0, children to be filled in):
+    all allocated before the first node is made, so that nothing can fail once nodes are."""
+    global live_blocks
+    cdef KidBlock** blocks = <KidBlock**>calloc(<size_t>(count if count > 0 else 1), sizeof(KidBlock*))
+    cdef Py_ssize_t r
+    if blocks == NULL:
+        raise MemoryError("michigrad: out of memory for the operand rows of a matmul")
+    for r in range(count):
+        blocks[r] = <KidBlock*>malloc(sizeof(KidBlock) + <size_t>n * sizeof(int32_t))
+        if blocks[r] == NULL:
+            free_blocks(blocks, count)
+            raise MemoryError("michigrad: out of memory for the operand rows of a matmul")
+        live_blocks += 1
+        blocks[r].refcnt = 0
+        blocks[r].mark = 0
+        blocks[r].n = n
+        blocks[r].kids = <int32_t*>(blocks[r] + 1)  # the children follow the struct
+    return blocks
+
+
+cdef void free_blocks(KidBlock** blocks, Py_ssize_t count) noexcept:
+    """Free what new_blocks made, before any node took a block (or NULL: nothing)."""
+    cdef Py_ssize_t r
+    global live_blocks
+    if blocks != NULL:
+        for r in range(count):
+            if blocks[r] != NULL:
+                live_blocks -= 1
+            free(blocks[r])
+        free(blocks)
+
+
 ctypedef struct GridRows:
     # One operand of array_matmul, resolved once: row r's nodes and their data (r * m ...), and
     # whether any of them holds an int (a pair of such rows takes linear_value's int-aware path).
@@ -634,75 +667,102 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
         raise MemoryError(f"michigrad: {batches} x {P} x {Q} nodes do not fit the node arena")
     cdef Py_ssize_t total = batches * P * Q
     cdef int32_t nkids = <int32_t>(2 * m + has_bias)
+    cdef bint shared = nkids > 2  # else one or two children: the node's own pair
     cdef GridRows wr, xr
     wr.nodes = xr.nodes = NULL
     wr.data = xr.data = NULL
     wr.has_int = xr.has_int = NULL
-    cdef int32_t** arrays = NULL
+    cdef KidBlock** w_blocks = NULL
+    cdef KidBlock** x_blocks = NULL
     cdef NodeStore out
     try:
         resolve_rows(w, pos_of(wp), wp.n, m, &wr)
         resolve_rows(x, pos_of(xp), xp.n, m, &xr)
         out = new_store(total)
-        arrays = children_arrays(total, nkids) if nkids > 2 else NULL
+        if shared:
+            w_blocks = new_blocks(wp.n, <int32_t>(m + has_bias))
+            x_blocks = new_blocks(xp.n, <int32_t>m)
         reserve(<int32_t>total)
     except BaseException:
         free_rows(&wr)
         free_rows(&xr)
-        free_children_arrays(arrays, total)
+        free_blocks(w_blocks, wp.n)
+        free_blocks(x_blocks, xp.n)
         raise
     # nothing below can fail
     cdef Node* nodes = A.nodes
-    cdef Py_ssize_t e
-    for e in range(wp.n * m):  # every w node is read by the Q outputs of its row's batch
-        nodes[wr.nodes[e]].refcnt += <uint32_t>Q
-    for e in range(xp.n * m):
-        nodes[xr.nodes[e]].refcnt += <uint32_t>P
-    if has_bias:
-        for e in range(bp.n):
-            nodes[b.slots[bq[e]]].refcnt += <uint32_t>Q
-    cdef Py_ssize_t bt, outer, inner, p, q, k, r = 0
+    cdef Py_ssize_t e, bt, outer, inner, p, q, k, r = 0
+    if shared:  # each row's nodes are referenced once, by its block
+        for e in range(wp.n):
+            if has_bias:
+                w_blocks[e].kids[0] = b.slots[bq[e]]
+            memcpy(w_blocks[e].kids + has_bias, wr.nodes + e * m, <size_t>m * sizeof(int32_t))
+            for k in range(w_blocks[e].n):
+                nodes[w_blocks[e].kids[k]].refcnt += 1
+        for e in range(xp.n):
+            memcpy(x_blocks[e].kids, xr.nodes + e * m, <size_t>m * sizeof(int32_t))
+            for k in range(m):
+                nodes[x_blocks[e].kids[k]].refcnt += 1
+    else:  # each node references its (at most two) children itself
+        for e in range(wp.n * m):  # every w node is read by the Q outputs of its row's batch
+            nodes[wr.nodes[e]].refcnt += <uint32_t>Q
+        for e in range(xp.n * m):
+            nodes[xr.nodes[e]].refcnt += <uint32_t>P
+        if has_bias:
+            for e in range(bp.n):
+                nodes[b.slots[bq[e]]].refcnt += <uint32_t>Q
     cdef Py_ssize_t n_outer = Q if x_major else P, n_inner = P if x_major else Q
     cdef int32_t pair[2]
-    cdef int32_t* kids = pair
     cdef const double* wd
     cdef const double* xd
     cdef double value
     cdef bint value_int
     cdef int32_t i
+    cdef Node* node
     for bt in range(batches):
         for outer in range(n_outer):
             for inner in range(n_inner):
                 p = bt * P + (inner if x_major else outer)
                 q = bt * Q + (outer if x_major else inner)
-                if arrays != NULL:
-                    kids = arrays[r]
-                    arrays[r] = NULL  # the node owns it now
-                if has_bias:
-                    kids[0] = b.slots[bq[p]]
-                memcpy(kids + has_bias, wr.nodes + p * m, <size_t>m * sizeof(int32_t))
-                memcpy(kids + has_bias + m, xr.nodes + q * m, <size_t>m * sizeof(int32_t))
+                if not shared:  # the node's own one or two children: [bias,] w[0], x[0]
+                    if has_bias:
+                        pair[0] = b.slots[bq[p]]
+                    if m > 0:
+                        pair[has_bias] = wr.nodes[p * m]
+                        pair[has_bias + 1] = xr.nodes[q * m]
                 if m > 0 and not (wr.has_int[p] and xr.has_int[q]):
                     # one row has no int, so every product is a float (an int product needs
                     # two ints): linear_value's sum without its int bookkeeping (same
                     # operations, same order, same bits), on contiguous copies of the data
-                    value = nodes[kids[0]].data if has_bias else 0.0
+                    value = nodes[b.slots[bq[p]]].data if has_bias else 0.0
                     wd = wr.data + p * m
                     xd = xr.data + q * m
                     for k in range(m):
                         value = value + wd[k] * xd[k]
                     value_int = False
+                elif shared:
+                    value = linear_value(nodes, w_blocks[p].kids, x_blocks[q].kids, nkids, &value_int)
                 else:
-                    value = linear_value(nodes, kids, nkids, &value_int)
+                    value = linear_value(nodes, pair, pair + has_bias + m, nkids, &value_int)
                 i = new_node(value, int_flag(value_int), OP_LINEAR, -1, -1)
-                attach_kids(&nodes[i], kids, nkids)
-                nodes[i].refcnt = 1
+                node = &nodes[i]
+                if shared:
+                    node.nkids = nkids
+                    node.kids.block = w_blocks[p]
+                    node.aux.block = x_blocks[q]
+                    node.flags |= F_SHARED_KIDS
+                    w_blocks[p].refcnt += 1
+                    x_blocks[q].refcnt += 1
+                else:
+                    attach_kids(node, pair, nkids)
+                node.refcnt = 1
                 out.slots[r] = i
                 r += 1
     out.n = total
     free_rows(&wr)
     free_rows(&xr)
-    free_children_arrays(arrays, total)
+    free(w_blocks)  # the array of pointers: the blocks are the nodes' now
+    free(x_blocks)
     return out
 
 

@@ -49,19 +49,35 @@ cdef enum Flag:
     F_AUX_INT = 4     # the op constant (exponent of '**c') is an int
     F_PY_BACKWARD = 8 # extra.backward overrides the op table's local backward
     F_LABEL = 16      # extra.label overrides the op table's label
+    F_SHARED_KIDS = 32  # the children are two KidBlocks shared with other nodes (kids.block,
+                        # aux.block): array_matmul's operand rows
+
+# A row of children that many nodes share: array_matmul's operand rows (a w row with its bias,
+# an x row), each stored once instead of once per output node. The block holds one reference to
+# each of its nodes; each node whose children it is holds one reference to the block.
+ctypedef struct KidBlock:
+    uint32_t refcnt      # the nodes whose children include this block
+    uint32_t mark        # the topological sort's visit epoch: a block is scanned once per sort
+    int32_t n
+    int32_t* kids        # the n children (stored right after the struct, in the same malloc)
 
 # More than two children (Python ops, 'linear', 'sum', 'max', 'min') live in a malloc'd array
-# owned by the node.
+# owned by the node, or (F_SHARED_KIDS) in two shared blocks: kids.block, then aux.block.
 cdef union Kids:
     int32_t pair[2]
     int32_t* many
+    KidBlock* block
+
+cdef union Aux:
+    double c             # op constant: the exponent of '**c', leaky_relu's slope, elu's alpha
+    KidBlock* block      # F_SHARED_KIDS: the second block of children (no op has both)
 
 # 64 bytes: the whole per-node cost while no handle is alive.
 ctypedef struct Node:
     double data
     double grad
-    double aux           # op constant: the exponent of '**c'
-    Kids kids            # children (pair[i] == -1 when absent, or `many` when nkids > 2)
+    Aux aux              # op constant, or the second block of shared children
+    Kids kids            # children (pair[i] == -1 when absent, `many` or blocks when nkids > 2)
     int32_t nkids
     uint32_t refcnt      # the live handle (0 or 1) + one per reference from a parent
     uint32_t mark        # visit epoch during backward; next-slot link while free or dying

@@ -50,6 +50,7 @@ cdef extern from "Python.h":
 # Ints are exact in a double below this magnitude; beyond it they become floats (as in _reference).
 cdef double EXACT_INT_LIMIT = 9007199254740992.0  # 2**53
 cdef int32_t FIRST_CAPACITY = 1024
+cdef int32_t SKEW_PERIOD = 64  # grow() leaves a gap of one slot in every 64 (see there)
 
 cdef Arena A
 A.nodes = NULL
@@ -63,6 +64,7 @@ A.allocations = 0
 A.reuses = 0
 cdef int32_t high_water = 0  # slots below this have been used before (for the reuse counter)
 cdef unsigned long long py_backward_sets = 0  # `_backward` assignments so far (replay checks it)
+cdef Py_ssize_t live_blocks = 0  # shared blocks of children (KidBlock) allocated, not yet freed
 
 
 # ===================================================================================== the arena
@@ -80,9 +82,18 @@ cdef int grow(Py_ssize_t needed) except -1:
         raise MemoryError(f"michigrad: cannot grow the node arena to {capacity} nodes")
     memset(&nodes[A.capacity], 0, <size_t>(capacity - A.capacity) * sizeof(Node))
     cdef int32_t k, first = A.capacity if A.capacity > 0 else 1  # slot 0: never a node
-    for k in range(<int32_t>capacity - 1, first - 1, -1):  # lowest new slot first
-        nodes[k].mark = <uint32_t>A.free_head
-        A.free_head = k
+    # The new slots are taken lowest first, except that every 64th waits until all the others
+    # are taken. A 64-wide row of 64-byte nodes is 4 KiB, so without the gap an array's column
+    # (a matmul's right operand row) would sit in one L1 cache set and evict itself: the gap
+    # makes the backward of (a @ b) on fresh 64x64 arrays about 2.5x faster.
+    for k in range(<int32_t>capacity - 1, first - 1, -1):  # pushed first: taken last
+        if k % SKEW_PERIOD == SKEW_PERIOD - 1:
+            nodes[k].mark = <uint32_t>A.free_head
+            A.free_head = k
+    for k in range(<int32_t>capacity - 1, first - 1, -1):
+        if k % SKEW_PERIOD != SKEW_PERIOD - 1:
+            nodes[k].mark = <uint32_t>A.free_head
+            A.free_head = k
     if A.capacity == 0:
         A.live = 1  # the sentinel counts as used
     A.nodes = nodes
@@ -107,7 +118,7 @@ cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a
     A.free_head = <int32_t>n.mark
     n.data = data
     n.grad = 0.0
-    n.aux = 0.0
+    n.aux.c = 0.0
     n.kids.pair[0] = a
     n.kids.pair[1] = b
     n.nkids = (a >= 0) + (b >= 0)
@@ -132,7 +143,24 @@ cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a
 
 
 cdef inline int32_t kid(Node* n, int32_t k) noexcept nogil:
-    return n.kids.many[k] if n.nkids > 2 else n.kids.pair[k]
+    if n.nkids <= 2:
+        return n.kids.pair[k]
+    if not (n.flags & F_SHARED_KIDS):
+        return n.kids.many[k]
+    if k < n.kids.block.n:
+        return n.kids.block.kids[k]
+    return n.aux.block.kids[k - n.kids.block.n]
+
+
+cdef inline int32_t* linear_rows(Node* n, int32_t** x) noexcept nogil:
+    """An OP_LINEAR node's children as two runs: returns [bias,] w[0..m) and sets *x to
+    x[0..m), whether the node owns them (one array) or shares them (two blocks)."""
+    if n.flags & F_SHARED_KIDS:
+        x[0] = n.aux.block.kids
+        return n.kids.block.kids
+    cdef int32_t* kids = n.kids.many if n.nkids > 2 else n.kids.pair
+    x[0] = kids + (n.nkids & 1) + (n.nkids >> 1)
+    return kids
 
 
 cdef inline void incref_node(int32_t i) noexcept:
@@ -145,6 +173,19 @@ cdef inline void queue_if_dead(int32_t i) noexcept:
     if n.refcnt == 0:
         n.mark = <uint32_t>A.dying_head
         A.dying_head = i
+
+
+cdef inline void release_block(KidBlock* block) noexcept:
+    """Drop a node's reference to a shared block; the last one frees it and releases its
+    children (queued on the running release loop)."""
+    cdef int32_t k
+    block.refcnt -= 1
+    if block.refcnt == 0:
+        for k in range(block.n):
+            queue_if_dead(block.kids[k])
+        free(block)
+        global live_blocks
+        live_blocks -= 1
 
 
 cdef void decref_node(int32_t i) noexcept:
@@ -164,7 +205,11 @@ cdef void decref_node(int32_t i) noexcept:
         i = A.dying_head
         n = &A.nodes[i]
         A.dying_head = <int32_t>n.mark
-        if n.nkids > 2:
+        if n.flags & F_SHARED_KIDS:
+            release_block(n.kids.block)
+            release_block(n.aux.block)
+            n.flags &= ~F_SHARED_KIDS
+        elif n.nkids > 2:
             for k in range(n.nkids):
                 queue_if_dead(n.kids.many[k])
             free(n.kids.many)
@@ -509,8 +554,10 @@ cdef int raise_forward_error(int error, uint16_t op, double x, bint xi, double y
     raise SystemError(f"michigrad: forward error {error} for op {op}")
 
 
-cdef inline double linear_value(Node* nodes, int32_t* kids, int32_t nkids, bint* ri) noexcept nogil:
-    """bias + w[0]*x[0] + ... summed left to right (the children layout of OP_LINEAR)."""
+cdef inline double linear_value(Node* nodes, int32_t* kids, int32_t* x_kids, int32_t nkids,
+                                bint* ri) noexcept nogil:
+    """bias + w[0]*x[0] + ... summed left to right (the children of OP_LINEAR: kids holds
+    [bias,] w[0..n), x_kids x[0..n); see linear_rows)."""
     cdef int32_t has_bias = nkids & 1, n = nkids >> 1, k
     cdef double acc = 0.0, product
     cdef bint acc_int = True  # without a bias, Python's sum() starts from the int 0
@@ -521,7 +568,7 @@ cdef inline double linear_value(Node* nodes, int32_t* kids, int32_t nkids, bint*
         acc_int = (nodes[kids[0]].flags & F_DATA_INT) != 0
     for k in range(n):
         w = &nodes[kids[has_bias + k]]
-        x = &nodes[kids[has_bias + n + k]]
+        x = &nodes[x_kids[k]]
         product = w.data * x.data
         if w.flags & x.flags & F_DATA_INT and fits_int(product):
             product = product + 0.0
@@ -594,7 +641,7 @@ cdef inline void node_operands(Node* nodes, Node* n, double* x, bint* xi, double
     cdef Node* operand = &nodes[n.kids.pair[0]]
     x[0] = operand.data
     xi[0] = (operand.flags & F_DATA_INT) != 0
-    y[0] = n.aux
+    y[0] = n.aux.c
     yi[0] = (n.flags & F_AUX_INT) != 0
     if n.nkids == 2:
         operand = &nodes[n.kids.pair[1]]
@@ -609,13 +656,16 @@ cdef inline int node_forward(Node* nodes, int32_t i) noexcept nogil:
     the error Python would raise (see raise_node_forward_error), leaving the node unchanged."""
     cdef Node* n = &nodes[i]
     cdef uint16_t op = n.op
+    cdef int32_t* w_kids
+    cdef int32_t* x_kids
     cdef double x, y, r
     cdef bint xi, yi, ri
     cdef int error
     if op == OP_LEAF or op == OP_PYTHON:
         return FWD_OK
     if op == OP_LINEAR:
-        r = linear_value(nodes, n.kids.many if n.nkids > 2 else n.kids.pair, n.nkids, &ri)
+        w_kids = linear_rows(n, &x_kids)
+        r = linear_value(nodes, w_kids, x_kids, n.nkids, &ri)
     elif op == OP_SUM or op == OP_MAX or op == OP_MIN:
         r = reduce_value(nodes, op, n.kids.many if n.nkids > 2 else n.kids.pair, n.nkids, &ri)
     else:
@@ -689,7 +739,7 @@ cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
         x = a.data
         xi = (a.flags & F_DATA_INT) != 0
         if op == OP_POWC:
-            c = out.aux
+            c = out.aux.c
             ci = (out.flags & F_AUX_INT) != 0
         else:
             b = &nodes[out.kids.pair[1]]
@@ -722,27 +772,29 @@ cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
         if a.data > 0.0:
             accumulate(a, g, gi)
         else:
-            contrib = out.aux * g
+            contrib = out.aux.c * g
             accumulate(a, contrib, gi and (out.flags & F_AUX_INT) and fits_int(contrib))
     elif op == OP_ELU:  # g if x > 0 else (alpha * exp(x)) * g
         x = a.data
         if x > 0.0:
             accumulate(a, g, gi)
         else:
-            accumulate(a, (out.aux * exp(x)) * g, False)
+            accumulate(a, (out.aux.c * exp(x)) * g, False)
 
 
 cdef inline void linear_local_backward(Node* nodes, Node* out, double g, bint gi) noexcept nogil:
     """bias.grad += g, then for each i: w[i].grad += x[i].data * g; x[i].grad += w[i].data * g."""
     cdef int32_t has_bias = out.nkids & 1, n = out.nkids >> 1, k
+    cdef int32_t* x_kids
+    cdef int32_t* w_kids = linear_rows(out, &x_kids)
     cdef Node* w
     cdef Node* x
     cdef double contrib
     if has_bias:
-        accumulate(&nodes[kid(out, 0)], g, gi)
+        accumulate(&nodes[w_kids[0]], g, gi)
     for k in range(n):
-        w = &nodes[kid(out, has_bias + k)]
-        x = &nodes[kid(out, has_bias + n + k)]
+        w = &nodes[w_kids[has_bias + k]]
+        x = &nodes[x_kids[k]]
         contrib = x.data * g
         accumulate(w, contrib, gi and (x.flags & F_DATA_INT) and fits_int(contrib))
         contrib = w.data * g
@@ -768,11 +820,16 @@ cdef inline uint32_t next_epoch() noexcept:
     """A fresh visit mark. On wrap-around, clear the marks of live nodes (free slots keep their
     free-list links in `mark`, and have a zero count)."""
     cdef int32_t k
+    cdef Node* n
     A.epoch += 1
     if A.epoch == 0:
         for k in range(A.capacity):
-            if A.nodes[k].refcnt > 0:
-                A.nodes[k].mark = 0
+            n = &A.nodes[k]
+            if n.refcnt > 0:
+                n.mark = 0
+                if n.flags & F_SHARED_KIDS:
+                    n.kids.block.mark = 0
+                    n.aux.block.mark = 0
         A.epoch = 1
     return A.epoch
 
@@ -801,6 +858,7 @@ cdef Py_ssize_t topological_order(int32_t root, int32_t** order_out, bint* has_p
     cdef Node* cn
     cdef Frame* f
     cdef int32_t c, k, nkids
+    cdef KidBlock* block
     cdef bint descend
     has_python[0] = False
     try:
@@ -817,6 +875,14 @@ cdef Py_ssize_t topological_order(int32_t root, int32_t** order_out, bint* has_p
             nkids = n.nkids
             descend = False
             while k < nkids:  # find the next unvisited child that has children of its own
+                if n.flags & F_SHARED_KIDS and (k == 0 or k == n.kids.block.n):
+                    block = n.kids.block if k == 0 else n.aux.block
+                    if block.mark == epoch:  # scanned before: every child of it is marked
+                        k += block.n
+                        continue
+                    # (a block cannot be met again while its scan is suspended: the node
+                    # meeting it would be a descendant of one of its children, and its parent)
+                    block.mark = epoch
                 c = kid(n, k)
                 k += 1
                 cn = &nodes[c]
@@ -964,7 +1030,7 @@ cdef object make_op(uint16_t op, int32_t i, int32_t j, double c, bint c_int):
         raise_forward_error(error, op, x, xi, y, yi)
     cdef int32_t k = new_node(r, int_flag(ri), op, i, j)
     if op == OP_POWC:
-        A.nodes[k].aux = c
+        A.nodes[k].aux.c = c
         if c_int:
             A.nodes[k].flags |= F_AUX_INT
     return new_handle(k)
@@ -1084,7 +1150,7 @@ def linear(weights, inputs, bias=None):
         else:
             as_number(xs[k], &number, &number_int)
             kids[m + k] = new_node(number, int_flag(number_int), OP_LEAF, -1, -1)
-    acc = linear_value(A.nodes, kids, nkids, &acc_int)
+    acc = linear_value(A.nodes, kids, kids + has_bias + n, nkids, &acc_int)
     cdef int32_t i = new_node(acc, int_flag(acc_int), OP_LINEAR, -1, -1)
     cdef Node* out = &A.nodes[i]
     out.nkids = nkids
@@ -1265,7 +1331,7 @@ stores a single scalar value and its gradient"""
         if n.flags & F_LABEL:
             return (<NodeExtra>n.extra).label
         if n.op == OP_POWC:
-            return f"**{number_object(n.aux, n.flags & F_AUX_INT)}"
+            return f"**{number_object(n.aux.c, n.flags & F_AUX_INT)}"
         return OP_LABELS[n.op]
 
     @_op.setter
@@ -1494,7 +1560,34 @@ def _arena_stats():
         "allocations": A.allocations,
         "reuses": A.reuses,
         "node_bytes": sizeof(Node),
+        "shared_blocks": live_blocks,
     }
+
+
+def _force_epoch_wrap():
+    """Make the next backward's visit mark wrap around to 1 (clearing every mark first), as it
+    does once in 2**32 sorts: for the test that no stale mark survives the wrap."""
+    A.epoch = <uint32_t>0xFFFFFFFF
+
+
+cdef int count_block_users(Node* n, Py_ssize_t k, dict block_users, dict counts) except -1:
+    """_arena_check's count for a node with shared children: one user per block, and (the first
+    time a block is met) one reference per child of the block."""
+    cdef KidBlock* block
+    cdef int side
+    cdef int32_t j
+    if n.op != OP_LINEAR or n.kids.block.n + n.aux.block.n != n.nkids:
+        raise AssertionError(f"node {k} has shared children but is not a linear node of "
+                             f"{n.nkids} children")
+    for side in range(2):
+        block = n.kids.block if side == 0 else n.aux.block
+        address = <size_t>block
+        if address not in block_users:
+            block_users[address] = 0
+            for j in range(block.n):
+                counts[block.kids[j]] = counts.get(block.kids[j], 0) + 1
+        block_users[address] += 1
+    return 0
 
 
 def _arena_check():
@@ -1502,7 +1595,9 @@ def _arena_check():
     raise AssertionError naming the first one broken. O(capacity): tests only."""
     cdef Py_ssize_t free_count = 0, k, j
     cdef int32_t i = A.free_head
+    cdef KidBlock* block
     counts = store_references()  # the array kernels' NodeStores (_arrays.pxi)
+    block_users = {}  # a shared block's address -> the nodes using it
     while i >= 0:
         free_count += 1
         if free_count > A.capacity:
@@ -1517,9 +1612,16 @@ def _arena_check():
             counts[k] = counts.get(k, 0) + 1
             if (<Value>A.nodes[k].handle)._i != k:
                 raise AssertionError(f"node {k}'s handle points at node {(<Value>A.nodes[k].handle)._i}")
+        if A.nodes[k].flags & F_SHARED_KIDS:  # the blocks hold the references to the children
+            count_block_users(&A.nodes[k], k, block_users, counts)
+            continue
         for j in range(A.nodes[k].nkids):
             c = kid(&A.nodes[k], <int32_t>j)
             counts[c] = counts.get(c, 0) + 1
+    for address, users in block_users.items():
+        block = <KidBlock*><size_t>address
+        if block.refcnt != users:
+            raise AssertionError(f"a shared block of children counts {block.refcnt} users, has {users}")
     for k in range(A.capacity):
         if A.nodes[k].refcnt != counts.get(k, 0) and A.nodes[k].refcnt > 0:
             raise AssertionError(f"node {k} counts {A.nodes[k].refcnt} references, has {counts.get(k, 0)}")

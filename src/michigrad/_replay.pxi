@@ -489,7 +489,7 @@ cdef class Tape:
         for k in range(self.count):
             n = &A.nodes[self.order[k]]
             ops.append(n.op)
-            aux.append(n.aux)
+            aux.append(0.0 if n.flags & F_SHARED_KIDS else n.aux.c)  # (linear: no constant)
             for j in range(n.nkids):
                 kids.append(local[kid(n, <int32_t>j)])
             kid_start.append(len(kids))
