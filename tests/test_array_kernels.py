@@ -236,6 +236,39 @@ def test_matmul_grid_of_floats_is_linear_to_the_last_bit(K, Value, engine, with_
         assert element_bits(K, out, 6) == [bits(v.data) for v in want]
 
 
+@pytest.mark.parametrize("x_major", [False, True])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_wide_matmul_grids_are_linear_to_the_last_bit(K, Value, engine, x_major, with_bias):
+    """Output rows of 8 or more take the kernel's side-by-side sums (eight at a time, the shared
+    operand row read once): still michigrad.linear's bits for every output, with special values,
+    int rows mixed in (a group holding an int pair falls back to one sum at a time), widths that
+    leave a remainder, and both layouts."""
+    linear = importlib.import_module(VALUE_MODULES[engine]).linear
+    specials = [-0.0, 0.0, 1.0, -1.5, float("inf"), float("-inf"), float("nan"), 5e-324, 1e308]
+    rng = random.Random(f"{x_major}{with_bias}")
+    for p_count, q_count, k in [(8, 8, 3), (9, 17, 2), (3, 16, 1), (16, 5, 4), (1, 8, 6)]:
+        def number(row_has_ints):
+            if row_has_ints and rng.random() < 0.7:
+                return rng.randint(-3, 3)
+            return rng.choice(specials) if rng.random() < 0.3 else rng.uniform(-2, 2)
+        w_int_rows = {p for p in range(p_count) if rng.random() < 0.3}
+        x_int_rows = {q for q in range(q_count) if rng.random() < 0.3}
+        wx = [number(p in w_int_rows) for p in range(p_count) for _ in range(k)]
+        xx = [number(q in x_int_rows) for q in range(q_count) for _ in range(k)]
+        bx = [number(True) for _ in range(p_count)]
+        w, x, b = numbers(K, wx), numbers(K, xx), numbers(K, bx)
+        bias = (b, arange(p_count)) if with_bias else (None, None)
+        out = K.array_matmul(w, arange(p_count * k).reshape(p_count, k), x,
+                             arange(q_count * k).reshape(q_count, k), 1, *bias, x_major)
+        ws, xs, bs = (K.array_values(s, arange(len(s))) for s in (w, x, b))
+        pairs = [(p, q) for q in range(q_count) for p in range(p_count)] if x_major else \
+            [(p, q) for p in range(p_count) for q in range(q_count)]
+        want = [linear(ws[p * k:(p + 1) * k], xs[q * k:(q + 1) * k], bs[p] if with_bias else None)
+                for p, q in pairs]
+        got = K.array_numbers(out, arange(len(pairs)))
+        assert [bits(v) for v in got] == [bits(v.data) for v in want]
+
+
 @pytest.mark.parametrize(("batches", "p_rows", "q_rows", "k"), [
     (0, 0, 0, 3), (1, 0, 4, 2), (1, 4, 0, 2), (2, 0, 0, 5), (3, 3, 0, 0)])
 def test_matmul_grid_with_no_output_makes_nothing(K, engine, batches, p_rows, q_rows, k):

@@ -636,6 +636,85 @@ cdef void free_rows(GridRows* rows) noexcept:
     free(rows.has_int)
 
 
+cdef inline void grid_pair(Py_ssize_t bt, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t outer,
+                           Py_ssize_t inner, bint x_major, Py_ssize_t* p, Py_ssize_t* q) noexcept nogil:
+    """The w row p and x row q of array_matmul's output (bt, outer, inner)."""
+    p[0] = bt * P + (inner if x_major else outer)
+    q[0] = bt * Q + (outer if x_major else inner)
+
+
+cdef inline bint float_rows(GridRows* wr, GridRows* xr, Py_ssize_t m, Py_ssize_t bt, Py_ssize_t P,
+                            Py_ssize_t Q, Py_ssize_t outer, Py_ssize_t inner, bint x_major,
+                            Py_ssize_t count) noexcept nogil:
+    """Whether outputs inner .. inner+count-1 of the row all take the float sum: each pairs rows
+    of which one has no int (an int product needs two ints), so every product is a float."""
+    cdef Py_ssize_t k, p, q
+    if m == 0:
+        return False
+    for k in range(count):
+        grid_pair(bt, P, Q, outer, inner + k, x_major, &p, &q)
+        if wr.has_int[p] and xr.has_int[q]:
+            return False
+    return True
+
+
+cdef enum:
+    DOTS = 8  # sums computed side by side by float_dots
+
+
+cdef inline void float_dots(const double* shared, const double** rows, bint shared_is_w, double* v,
+                            Py_ssize_t m) noexcept nogil:
+    """v[j] += w[0]*x[0], then += w[1]*x[1], ... for DOTS outputs of one output row, which all
+    read the same operand row `shared` (w when shared_is_w, else x) and each its own other row
+    (rows[j]): linear_value's sum without its int bookkeeping (same operations, operand order
+    and rounding, so the same bits). Side by side because each sum is a chain of dependent
+    additions that alone leaves the FPU mostly idle; `shared` is loaded once for all."""
+    cdef double v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3], v4 = v[4], v5 = v[5], v6 = v[6], v7 = v[7]
+    cdef const double* r0 = rows[0]
+    cdef const double* r1 = rows[1]
+    cdef const double* r2 = rows[2]
+    cdef const double* r3 = rows[3]
+    cdef const double* r4 = rows[4]
+    cdef const double* r5 = rows[5]
+    cdef const double* r6 = rows[6]
+    cdef const double* r7 = rows[7]
+    cdef double c
+    cdef Py_ssize_t k
+    if shared_is_w:
+        for k in range(m):
+            c = shared[k]
+            v0 = v0 + c * r0[k]
+            v1 = v1 + c * r1[k]
+            v2 = v2 + c * r2[k]
+            v3 = v3 + c * r3[k]
+            v4 = v4 + c * r4[k]
+            v5 = v5 + c * r5[k]
+            v6 = v6 + c * r6[k]
+            v7 = v7 + c * r7[k]
+    else:
+        for k in range(m):
+            c = shared[k]
+            v0 = v0 + r0[k] * c
+            v1 = v1 + r1[k] * c
+            v2 = v2 + r2[k] * c
+            v3 = v3 + r3[k] * c
+            v4 = v4 + r4[k] * c
+            v5 = v5 + r5[k] * c
+            v6 = v6 + r6[k] * c
+            v7 = v7 + r7[k] * c
+    v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7] = v0, v1, v2, v3, v4, v5, v6, v7
+
+
+cdef inline void own_pair(int32_t* pair, GridRows* wr, GridRows* xr, NodeStore b, const int64_t* bq,
+                          bint has_bias, Py_ssize_t m, Py_ssize_t p, Py_ssize_t q) noexcept:
+    """The children of a matmul node with at most two ([bias,] w[0], x[0]): its own pair."""
+    if has_bias:
+        pair[0] = b.slots[bq[p]]
+    if m > 0:
+        pair[has_bias] = wr.nodes[p * m]
+        pair[has_bias + 1] = xr.nodes[q * m]
+
+
 def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_ssize_t batches,
                  bias=None, b_pos=None, bint x_major=False):
     """Every pairing of a w row with an x row, batch by batch: with P = len(w_rows) / batches and
@@ -674,6 +753,8 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     wr.has_int = xr.has_int = NULL
     cdef KidBlock** w_blocks = NULL
     cdef KidBlock** x_blocks = NULL
+    cdef double* row_values = NULL  # one output row's values and int flags, before its nodes
+    cdef bint* row_ints = NULL
     cdef NodeStore out
     try:
         resolve_rows(w, pos_of(wp), wp.n, m, &wr)
@@ -682,12 +763,18 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
         if shared:
             w_blocks = new_blocks(wp.n, <int32_t>(m + has_bias))
             x_blocks = new_blocks(xp.n, <int32_t>m)
+        row_values = <double*>malloc(<size_t>(P if P > Q else Q) * sizeof(double))
+        row_ints = <bint*>malloc(<size_t>(P if P > Q else Q) * sizeof(bint))
+        if row_values == NULL or row_ints == NULL:
+            raise MemoryError("michigrad: out of memory for a matmul")
         reserve(<int32_t>total)
     except BaseException:
         free_rows(&wr)
         free_rows(&xr)
         free_blocks(w_blocks, wp.n)
         free_blocks(x_blocks, xp.n)
+        free(row_values)
+        free(row_ints)
         raise
     # nothing below can fail
     cdef Node* nodes = A.nodes
@@ -713,38 +800,45 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
                 nodes[b.slots[bq[e]]].refcnt += <uint32_t>Q
     cdef Py_ssize_t n_outer = Q if x_major else P, n_inner = P if x_major else Q
     cdef int32_t pair[2]
-    cdef const double* wd
-    cdef const double* xd
+    cdef const double* others[DOTS]
+    cdef const double* shared_row
     cdef double value
     cdef bint value_int
     cdef int32_t i
     cdef Node* node
     for bt in range(batches):
         for outer in range(n_outer):
-            for inner in range(n_inner):
-                p = bt * P + (inner if x_major else outer)
-                q = bt * Q + (outer if x_major else inner)
-                if not shared:  # the node's own one or two children: [bias,] w[0], x[0]
-                    if has_bias:
-                        pair[0] = b.slots[bq[p]]
-                    if m > 0:
-                        pair[has_bias] = wr.nodes[p * m]
-                        pair[has_bias + 1] = xr.nodes[q * m]
-                if m > 0 and not (wr.has_int[p] and xr.has_int[q]):
-                    # one row has no int, so every product is a float (an int product needs
-                    # two ints): linear_value's sum without its int bookkeeping (same
-                    # operations, same order, same bits), on contiguous copies of the data
+            # the values of this output row first: DOTS sums at a time where they can be
+            # (see float_dots), one at a time where a pair of rows holds ints
+            inner = 0
+            while inner < n_inner:
+                if inner + DOTS <= n_inner and float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, DOTS):
+                    for k in range(DOTS):
+                        grid_pair(bt, P, Q, outer, inner + k, x_major, &p, &q)
+                        others[k] = (wr.data + p * m) if x_major else (xr.data + q * m)
+                        row_values[inner + k] = nodes[b.slots[bq[p]]].data if has_bias else 0.0
+                        row_ints[inner + k] = False
+                    shared_row = (xr.data + q * m) if x_major else (wr.data + p * m)
+                    float_dots(shared_row, others, not x_major, row_values + inner, m)
+                    inner += DOTS
+                    continue
+                grid_pair(bt, P, Q, outer, inner, x_major, &p, &q)
+                if float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, 1):
                     value = nodes[b.slots[bq[p]]].data if has_bias else 0.0
-                    wd = wr.data + p * m
-                    xd = xr.data + q * m
-                    for k in range(m):
-                        value = value + wd[k] * xd[k]
+                    for k in range(m):  # the same sum, alone
+                        value = value + wr.data[p * m + k] * xr.data[q * m + k]
                     value_int = False
                 elif shared:
                     value = linear_value(nodes, w_blocks[p].kids, x_blocks[q].kids, nkids, &value_int)
                 else:
+                    own_pair(pair, &wr, &xr, b, bq, has_bias, m, p, q)
                     value = linear_value(nodes, pair, pair + has_bias + m, nkids, &value_int)
-                i = new_node(value, int_flag(value_int), OP_LINEAR, -1, -1)
+                row_values[inner] = value
+                row_ints[inner] = value_int
+                inner += 1
+            for inner in range(n_inner):
+                grid_pair(bt, P, Q, outer, inner, x_major, &p, &q)
+                i = new_node(row_values[inner], int_flag(row_ints[inner]), OP_LINEAR, -1, -1)
                 node = &nodes[i]
                 if shared:
                     node.nkids = nkids
@@ -754,6 +848,7 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
                     w_blocks[p].refcnt += 1
                     x_blocks[q].refcnt += 1
                 else:
+                    own_pair(pair, &wr, &xr, b, bq, has_bias, m, p, q)
                     attach_kids(node, pair, nkids)
                 node.refcnt = 1
                 out.slots[r] = i
@@ -763,6 +858,8 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     free_rows(&xr)
     free(w_blocks)  # the array of pointers: the blocks are the nodes' now
     free(x_blocks)
+    free(row_values)
+    free(row_ints)
     return out
 
 
