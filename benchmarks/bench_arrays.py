@@ -424,7 +424,10 @@ def print_c_floor(reps: int) -> None:
     floor = dict(line.split() for line in out.splitlines())
     print(f"\nC floor, same machine ({source.name}, gcc -O2, 1,000,000 elements, ns per element): "
           f"write a 64-byte node {floor['node64']}, libm tanh {floor['tanh']}, exp {floor['exp']}, "
-          f"pow(x, 2) {floor['pow']} (the functions math.tanh, math.exp and ** call)")
+          f"pow(x, 2) {floor['pow']} (the functions math.tanh, math.exp and ** call) on sorted "
+          f"inputs; on the same values shuffled, as the kernels above get them: tanh "
+          f"{floor['tanh_shuffled']}, exp {floor['exp_shuffled']}, pow(x, 2) {floor['pow_shuffled']} "
+          f"(glibc's tanh branches on |x| >= 1 and on the sign, which random inputs mispredict)")
 
 
 def main() -> None:

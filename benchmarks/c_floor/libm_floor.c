@@ -8,7 +8,11 @@
  *           memory traffic of making one node, with no arithmetic;
  *   tanh, exp, pow  the libm functions Python's math.tanh, math.exp and float ** call, and so
  *           the ones the engine must call to give the same bits (pow with a run-time exponent
- *           2, as `x ** 2` calls it: gcc would turn a constant pow(x, 2.0) into x * x).
+ *           2, as `x ** 2` calls it: gcc would turn a constant pow(x, 2.0) into x * x);
+ *   tanh_shuffled, exp_shuffled, pow_shuffled  the same calls on the same values in a shuffled
+ *           order, as bench_arrays.py's kernels get them (uniform random data): glibc's tanh
+ *           branches on |x| >= 1 and on the sign, so an unsorted input mispredicts them (exp is
+ *           branch-free). The ascending ramp above is the best case for the branch predictor.
  * Prints "CASE NS_PER_ELEMENT" lines.
  */
 #define _POSIX_C_SOURCE 199309L
@@ -38,14 +42,23 @@ int main(int argc, char **argv) {
     int reps = atoi(argv[2]);
     volatile double exponent = 2.0;  /* run-time, as in Python */
     double *x = malloc(n * sizeof(double)), *y = malloc(n * sizeof(double));
+    double *xs = malloc(n * sizeof(double));
     double *times = malloc(reps * sizeof(double));
     Record *nodes = malloc(n * sizeof(Record));
-    if (!x || !y || !times || !nodes || reps < 1) { fprintf(stderr, "libm_floor: no memory\n"); return 2; }
+    if (!x || !y || !xs || !times || !nodes || reps < 1) { fprintf(stderr, "libm_floor: no memory\n"); return 2; }
     for (long k = 0; k < n; k++) x[k] = -2.0 + 4.0 * (double)k / (double)n;
+    unsigned long long state = 88172645463325252ULL;  /* xorshift64: a fixed Fisher-Yates shuffle */
+    for (long k = 0; k < n; k++) xs[k] = x[k];
+    for (long k = n - 1; k > 0; k--) {
+        state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+        long j = (long)(state % (unsigned long long)(k + 1));
+        double t = xs[k]; xs[k] = xs[j]; xs[j] = t;
+    }
     memset(nodes, 0, n * sizeof(Record));
-    const char *cases[] = {"node64", "tanh", "exp", "pow"};
+    const char *cases[] = {"node64", "tanh", "exp", "pow", "tanh_shuffled", "exp_shuffled",
+                           "pow_shuffled"};
     double checksum = 0.0;
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < 7; c++) {
         for (int r = 0; r < reps; r++) {
             double t0 = now_ns();
             double e = exponent;
@@ -59,7 +72,10 @@ int main(int argc, char **argv) {
                 break;
             case 1: for (long k = 0; k < n; k++) y[k] = tanh(x[k]); break;
             case 2: for (long k = 0; k < n; k++) y[k] = exp(x[k]); break;
-            default: for (long k = 0; k < n; k++) y[k] = pow(x[k], e); break;
+            case 3: for (long k = 0; k < n; k++) y[k] = pow(x[k], e); break;
+            case 4: for (long k = 0; k < n; k++) y[k] = tanh(xs[k]); break;
+            case 5: for (long k = 0; k < n; k++) y[k] = exp(xs[k]); break;
+            default: for (long k = 0; k < n; k++) y[k] = pow(xs[k], e); break;
             }
             times[r] = (now_ns() - t0) / (double)n;
             checksum += y[n / 2] + nodes[n / 3].data;
