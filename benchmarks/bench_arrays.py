@@ -39,7 +39,10 @@ the timed run: leaves such as the constant ``0`` of Python's ``sum()`` included)
 walking ``_prev`` from the loss (untimed). Timing hygiene as in bench_engine.py: one discarded
 warm-up per peer, peers take turns within each repetition, the garbage collector stays on inside
 the timed region for everyone, and the previous graph is dropped (``del`` + ``gc.collect()``)
-outside it.
+outside it. Each timed run follows an untimed run of the same peer: a step of a training loop
+runs right after the previous step, not after another library's (SmolML's multi-second runs and
+gc.collect() leave every cache cold; the first run after them pays for that, whichever peer it
+is).
 
 Two more tables time the kernels alone on 1,000,000-element arrays (ns per created node: the
 issue's <= 20 ns target), once on a fresh arena (before the workloads) and once after them, when
@@ -302,6 +305,8 @@ def bench_workloads(reps: int) -> None:
         for rep in range(reps + 1):  # repetition 0 is the warm-up
             for name, (leaves, run) in setups.items():
                 gc.collect()
+                previous = run(leaves)  # the previous step (untimed): warm, as in a loop
+                del previous
                 wall, cpu, allocated, loss = timed(run, leaves)
                 if name in ("MLArray", "nested Values", "nested + linear"):
                     nodes[name] = allocated
