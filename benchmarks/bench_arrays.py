@@ -32,8 +32,9 @@ Peers, each running the same computation:
 
 Reported: median wall time over the repetitions (and median CPU time of the thread as a
 cross-check on a shared machine), speedups over SmolML, ``nested Values`` and micrograd (their
-time / this time), time
-relative to torch (this time / torch's), nodes created and ns per created node. Nodes are counted
+time / this time), time relative to torch (this time / torch's), nodes created, ns per created
+node, and ns per node of micrograd's graph for the same computation (a common yardstick: a fused
+'linear' node does the work of 2k micrograd nodes, torch makes no nodes). Nodes are counted
 with ``michigrad._engine._arena_stats()['allocations']`` (every node the arena hands out during
 the timed run: leaves such as the constant ``0`` of Python's ``sum()`` included); micrograd's by
 walking ``_prev`` from the loss (untimed). Timing hygiene as in bench_engine.py: one discarded
@@ -294,7 +295,8 @@ def bench_workloads(reps: int) -> None:
     print(f"\nWorkloads: median of {reps} repetitions (forward + backward)\n")
     header = (f"{'workload':10s} {'peer':16s} {'median ms':>10s} {'CPU ms':>9s} {'spread':>7s} "
               f"{'x faster than SmolML':>21s} {'x faster than nested':>21s} "
-              f"{'x faster than micrograd':>24s} {'time / torch':>13s} {'nodes':>9s} {'ns/node':>8s}")
+              f"{'x faster than micrograd':>24s} {'time / torch':>13s} {'nodes':>9s} {'ns/node':>8s} "
+              f"{'ns/micrograd node':>18s}")
     print(header)
     print("-" * len(header))
     for workload in ("W1 matmul", "W2 MLP"):
@@ -329,11 +331,13 @@ def bench_workloads(reps: int) -> None:
                   f"{spread:7.0%} {vs_smolml} {medians['nested Values'] / m:21.2f} "
                   f"{medians['micrograd'] / m:24.1f} "
                   f"{m / medians['torch']:13.2f} "
-                  f"{n if n is not None else 'n/a':>9} {m / n * 1e9 if n else float('nan'):8.0f}")
+                  f"{n if n is not None else 'n/a':>9} {m / n * 1e9 if n else float('nan'):8.0f} "
+                  f"{m / nodes['micrograd'] * 1e9:18.1f}")
         print()
     print("nodes: michigrad peers count _engine._arena_stats()['allocations'] during the timed run "
           "(constant leaves included); micrograd and SmolML, the Values reachable from the loss; ns/node = "
-          "median time / nodes. A 'linear' node stands for 2k micrograd nodes (k '*' and k '+').")
+          "median time / nodes. A 'linear' node stands for 2k micrograd nodes (k '*' and k '+'); "
+          "ns/micrograd node = median time / the nodes micrograd makes for the same computation.")
 
 
 def bench_kernels(reps: int, when: str) -> None:
