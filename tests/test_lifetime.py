@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import math
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -116,6 +118,21 @@ def test_arena_slots_are_reused_and_counted():
     del x, z
     assert live_nodes() == base_live
     assert _engine._arena_check()
+
+
+def test_fresh_slots_are_not_counted_as_reuses():
+    """grow() hands out every 64th new slot after all the others: those are fresh too, not
+    reuses (the counter used to take any slot below the highest one handed out for a reuse).
+    A fresh interpreter: its arena has seen no frees, so nothing it hands out is reused."""
+    code = ("from michigrad import _engine\n"
+            "assert _engine._arena_stats()['reuses'] == 0\n"
+            "vs = [_engine.Value(float(i)) for i in range(5000)]\n"  # a few grows
+            "print(_engine._arena_stats()['reuses'])\n"
+            "del vs[2500:]\n"
+            "vs += [_engine.Value(1.0) for _ in range(100)]\n"  # freed slots: reuses
+            "print(_engine._arena_stats()['reuses'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["0", "100"], out.stderr
 
 
 def test_an_arena_node_is_64_bytes():

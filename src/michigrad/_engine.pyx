@@ -62,7 +62,6 @@ A.epoch = 0
 A.live = 0
 A.allocations = 0
 A.reuses = 0
-cdef int32_t high_water = 0  # slots below this have been used before (for the reuse counter)
 cdef unsigned long long py_backward_sets = 0  # `_backward` assignments so far (replay checks it)
 cdef Py_ssize_t live_blocks = 0  # shared blocks of children (KidBlock) allocated, not yet freed
 
@@ -86,13 +85,17 @@ cdef int grow(Py_ssize_t needed) except -1:
     # are taken. A 64-wide row of 64-byte nodes is 4 KiB, so without the gap an array's column
     # (a matmul's right operand row) would sit in one L1 cache set and evict itself: the gap
     # makes the backward of (a @ b) on fresh 64x64 arrays about 2.5x faster.
+    # (nkids -1 marks a slot never handed out: with the gap, a slot's index no longer says
+    # whether it was used before, which the reuse counter needs)
     for k in range(<int32_t>capacity - 1, first - 1, -1):  # pushed first: taken last
         if k % SKEW_PERIOD == SKEW_PERIOD - 1:
             nodes[k].mark = <uint32_t>A.free_head
+            nodes[k].nkids = -1
             A.free_head = k
     for k in range(<int32_t>capacity - 1, first - 1, -1):
         if k % SKEW_PERIOD != SKEW_PERIOD - 1:
             nodes[k].mark = <uint32_t>A.free_head
+            nodes[k].nkids = -1
             A.free_head = k
     if A.capacity == 0:
         A.live = 1  # the sentinel counts as used
@@ -116,6 +119,8 @@ cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a
     cdef int32_t i = A.free_head
     cdef Node* n = &A.nodes[i]
     A.free_head = <int32_t>n.mark
+    if n.nkids >= 0:  # freed by decref_node (nkids 0), not fresh from grow (-1)
+        A.reuses += 1
     n.data = data
     n.grad = 0.0
     n.aux.c = 0.0
@@ -134,11 +139,6 @@ cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a
         A.nodes[b].refcnt += 1
     A.live += 1
     A.allocations += 1
-    global high_water
-    if i < high_water:
-        A.reuses += 1
-    else:
-        high_water = i + 1
     return i
 
 
@@ -960,10 +960,11 @@ cdef int run_backward(int32_t root) except -1:
         A.nodes[root].grad = 1.0
         A.nodes[root].flags |= F_GRAD_INT
         if not has_python:
+            # The GIL stays held: another thread running Python could grow the arena (moving
+            # `nodes`) or free this graph under the loop. The engine relies on the GIL.
             nodes = A.nodes
-            with nogil:
-                for k in range(count - 1, -1, -1):
-                    builtin_local_backward(nodes, order[k])
+            for k in range(count - 1, -1, -1):
+                builtin_local_backward(nodes, order[k])
         else:
             try:
                 for k in range(count - 1, -1, -1):
@@ -1622,6 +1623,8 @@ def _arena_check():
         block = <KidBlock*><size_t>address
         if block.refcnt != users:
             raise AssertionError(f"a shared block of children counts {block.refcnt} users, has {users}")
+    if len(block_users) != live_blocks:  # a block no live node reads is a leak (and its children)
+        raise AssertionError(f"{live_blocks} shared blocks are allocated, {len(block_users)} in use")
     for k in range(A.capacity):
         if A.nodes[k].refcnt != counts.get(k, 0) and A.nodes[k].refcnt > 0:
             raise AssertionError(f"node {k} counts {A.nodes[k].refcnt} references, has {counts.get(k, 0)}")
