@@ -90,6 +90,9 @@ def test_from_numpy_arrays(MLArray):
     assert MLArray(np.zeros((2, 0, 3))).shape == (2, 0, 3)
     assert MLArray(np.array([1, 2.5], dtype=object)).to_list() == [1, 2.5]
     assert MLArray([np.float64(1.5), np.int64(2)]).to_list() == [1.5, 2]
+    other_order = np.array([[1.5, -2.0]]).dtype.newbyteorder()  # converted, not misread
+    assert MLArray(np.array([[1.5, -2.0]], dtype=other_order)).to_list() == [[1.5, -2.0]]
+    assert MLArray(np.array([3, -4], dtype=np.dtype(np.int64).newbyteorder())).to_list() == [3, -4]
     with pytest.raises(TypeError, match="dtype"):
         MLArray(np.array([1 + 2j]))
 

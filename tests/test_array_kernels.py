@@ -14,6 +14,7 @@ import importlib
 import math
 import random
 import re
+import sys
 import weakref
 
 import numpy as np
@@ -681,6 +682,20 @@ def stats_now(engine):
 def test_bad_arguments_raise_before_any_node_is_made(K, engine, call, error):
     store = numbers(K, [1, 2.5, -3])
     check_unchanged(K, engine, stats_now(engine), store, 3, lambda: call(K, store), error)
+
+
+def test_arrays_in_the_other_byte_order_are_refused_and_the_native_order_taken(K):
+    """A kernel reads its arrays' memory as is: one in the other byte order is a TypeError (not
+    misread), one whose format names this machine's order explicitly ('<' here) is taken."""
+    other, native = (">", "<") if sys.byteorder == "little" else ("<", ">")
+    with pytest.raises(TypeError, match="float64"):
+        K.array_from_numbers(np.array([1.5, -2.0], dtype=other + "f8"))
+    store = K.array_from_numbers(np.array([1.5, -2.0], dtype=native + "f8"))
+    assert K.array_numbers(store, arange(2)) == [1.5, -2.0]
+    with pytest.raises(TypeError, match="int64"):
+        K.array_unary("relu", store, np.array([0, 1], dtype=other + "i8"))
+    out = K.array_unary("relu", store, np.array([0, 1], dtype=native + "i8"))
+    assert K.array_numbers(out, arange(2)) == [1.5, 0]
 
 
 def test_values_of_the_other_engine_are_rejected_by_name(K, engine):

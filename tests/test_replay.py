@@ -228,6 +228,8 @@ def test_feed_accepts_nested_lists_and_numpy_arrays_in_c_order(Value: Any) -> No
     assert [v.data for row in xs for v in row] == readonly.ravel().tolist()
     g.feed(batch[::-1][::-1])  # a negative-stride view
     assert [v.data for row in xs for v in row] == batch.ravel().tolist()
+    g.feed(batch.astype(batch.dtype.newbyteorder()))  # the other byte order: converted, not misread
+    assert [v.data for row in xs for v in row] == batch.ravel().tolist()
     g.feed(batch.astype(np.float32))
     assert [v.data for row in xs for v in row] == [float(x) for x in batch.astype(np.float32).ravel()]
     g.feed(((1, 2, 3), [4.5, 5, 6]))

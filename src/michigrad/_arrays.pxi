@@ -14,6 +14,8 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc
 from libc.string cimport memcpy
 
+import sys as _sys
+
 cdef object _numpy = None
 
 
@@ -108,12 +110,15 @@ cdef class _ArrayArg:
             PyBuffer_Release(&self.view)
 
 
+cdef char NATIVE_ORDER = b'<' if _sys.byteorder == "little" else b'>'
+
+
 cdef inline bint format_is(const char* fmt, const char* codes) noexcept:
-    """fmt is one of the one-letter struct codes in `codes`, optionally with a native or
-    little-endian prefix ('=', '<', '@')."""
+    """fmt is one of the one-letter struct codes in `codes`, in this machine's byte order: with
+    no prefix, '@' or '=' (native), or the explicit '<' or '>' that names the native order."""
     if fmt == NULL:
         return False
-    if fmt[0] == b'=' or fmt[0] == b'<' or fmt[0] == b'@':
+    if fmt[0] == b'=' or fmt[0] == b'@' or fmt[0] == NATIVE_ORDER:
         fmt += 1
     if fmt[0] == 0 or fmt[1] != 0:
         return False

@@ -21,11 +21,6 @@ from libc.math cimport sqrt
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t
 
-import sys as _sys
-
-# struct format strings of a native double (what a NumPy float64 array reports)
-cdef tuple NATIVE_DOUBLE_FORMATS = (b"d", b"@d", b"=d", b"<d" if _sys.byteorder == "little" else b">d")
-
 
 cdef str node_description(int32_t i):
     """How errors name a node: its op label and, if it has one, its name."""
@@ -556,7 +551,7 @@ cdef int read_batch(object batch, tuple shape, Py_ssize_t n, double* values, uin
     if PyObject_CheckBuffer(batch):
         PyObject_GetBuffer(batch, &view, PyBUF_RECORDS_RO)
         try:
-            if (view.format != NULL and <bytes>view.format in NATIVE_DOUBLE_FORMATS
+            if (format_is(view.format, b"d")
                     and view.itemsize == sizeof(double) and PyBuffer_IsContiguous(&view, b'C')):
                 got = tuple([view.shape[k] for k in range(view.ndim)])
                 if got != shape:
