@@ -130,6 +130,7 @@ cdef void incref_node(int32_t i) noexcept
 cdef void decref_node(int32_t i) noexcept
 cdef int run_backward(int32_t root) except -1
 cdef int apply_local_backward(int32_t i) except -1
+cdef void backward_sweep(Node* nodes, int32_t* order, Py_ssize_t count) noexcept
 cdef int node_forward(Node* nodes, int32_t i) noexcept nogil
 cdef int raise_node_forward_error(Node* nodes, int32_t i, int error) except -1
 

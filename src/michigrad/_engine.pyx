@@ -64,6 +64,7 @@ A.allocations = 0
 A.reuses = 0
 cdef unsigned long long py_backward_sets = 0  # `_backward` assignments so far (replay checks it)
 cdef Py_ssize_t live_blocks = 0  # shared blocks of children (KidBlock) allocated, not yet freed
+cdef Py_ssize_t tiled_outputs = 0  # matmul nodes whose backward ran in a tile (_sweep.pxi)
 
 
 # ===================================================================================== the arena
@@ -952,7 +953,6 @@ cdef int run_backward(int32_t root) except -1:
     cdef Py_ssize_t count = topological_order(root, &order, &has_python)
     cdef Py_ssize_t k, nsaved = 0
     cdef SavedGrad* saved = NULL
-    cdef Node* nodes
     cdef Node* n
     try:
         if has_python:  # Python code can fail midway: keep what we need to undo
@@ -962,9 +962,7 @@ cdef int run_backward(int32_t root) except -1:
         if not has_python:
             # The GIL stays held: another thread running Python could grow the arena (moving
             # `nodes`) or free this graph under the loop. The engine relies on the GIL.
-            nodes = A.nodes
-            for k in range(count - 1, -1, -1):
-                builtin_local_backward(nodes, order[k])
+            backward_sweep(A.nodes, order, count)
         else:
             try:
                 for k in range(count - 1, -1, -1):
@@ -1562,13 +1560,17 @@ def _arena_stats():
         "reuses": A.reuses,
         "node_bytes": sizeof(Node),
         "shared_blocks": live_blocks,
+        "tiled_outputs": tiled_outputs,
     }
 
 
-def _force_epoch_wrap():
-    """Make the next backward's visit mark wrap around to 1 (clearing every mark first), as it
-    does once in 2**32 sorts: for the test that no stale mark survives the wrap."""
-    A.epoch = <uint32_t>0xFFFFFFFF
+def _force_epoch_wrap(int marks_before=0):
+    """Make the visit mark wrap around to 1 (clearing every mark first), as it does once in
+    2**32 marks, after `marks_before` more fresh marks (0: at the next backward's sort): for the
+    tests that no stale mark survives the wrap, wherever in a backward it falls."""
+    if marks_before < 0:
+        raise ValueError("marks_before must be >= 0")
+    A.epoch = <uint32_t>(0xFFFFFFFF - <uint32_t>marks_before)
 
 
 cdef int count_block_users(Node* n, Py_ssize_t k, dict block_users, dict counts) except -1:
@@ -1631,5 +1633,6 @@ def _arena_check():
     return True
 
 
+include "_sweep.pxi"
 include "_arrays.pxi"
 include "_replay.pxi"

@@ -241,8 +241,7 @@ cdef class Tape:
                 n.flags |= F_GRAD_INT
         nodes[self.root].grad = 1.0
         nodes[self.root].flags |= F_GRAD_INT
-        for k in range(self.count - 1, -1, -1):
-            builtin_local_backward(nodes, order[k])
+        backward_sweep(nodes, order, self.count)
         return 0
 
     def forward(self):

@@ -1,0 +1,219 @@
+"""backward()'s tiles (_sweep.pxi) against the plain sweep: the same gradients, bit for bit.
+
+The compiled engine defers wide matmul nodes (shared operand rows of 32 or more) and applies
+them four at a time, one pass over the row they share; the reference engine applies every node
+alone in reverse topological order, as micrograd does. Each graph below is built by both engines
+from the same numbers and every gradient must be the same bits -- whatever the graph shares
+between its rows, whoever else reads the rows, however many nodes are deferred and wherever the
+visit mark wraps around. The `tiled_outputs` counter shows whether the tiles ran, so a test
+meant for them cannot pass by falling back to the plain order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from michigrad import Graph, _engine
+from michigrad.array import array_class, dense
+from conftest import bits
+
+COMPILED, REFERENCE = array_class("compiled"), array_class("reference")
+
+
+def tiled() -> int:
+    return _engine._arena_stats()["tiled_outputs"]
+
+
+def flat(x: Any) -> list:
+    return [y for item in x for y in flat(item)] if isinstance(x, list) else [x]
+
+
+def grad_bits(arrays: list) -> list:
+    return [bits(g) for a in arrays for g in flat(a.grad().to_list())]
+
+
+def uniform(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.uniform(-1.0, 1.0, shape)
+
+
+# Each graph: (M, rng) -> (loss, the arrays whose gradients are compared). The rng draws the
+# same numbers for both engines.
+
+def matmul(M, rng):
+    a, b = M(uniform(rng, 40, 48)), M(uniform(rng, 48, 36))
+    c = a @ b
+    return (c.tanh()).sum(), [a, b, c]
+
+
+def dense_layer(M, rng):  # the outputs that share an x row tile: the common row holds the bias
+    x, w, b = M(uniform(rng, 44, 40)), M(uniform(rng, 36, 40)), M(uniform(rng, 36))
+    out = dense(x, w, b)
+    return out.tanh().sum(), [x, w, b, out]
+
+
+def batched(M, rng):
+    a, b = M(uniform(rng, 2, 20, 40)), M(uniform(rng, 2, 40, 24))
+    return (a @ b).tanh().sum(), [a, b]
+
+
+def two_layers(M, rng):
+    # Layer 2's x rows are layer 1's outputs, and the order takes one sample at a time (layer 2,
+    # then layer 1, for sample n): every batch ends at the sample's h row, one run long.
+    x = M(uniform(rng, 24, 40))
+    w1, b1, w2, b2 = M(uniform(rng, 36, 40)), M(uniform(rng, 36)), M(uniform(rng, 32, 36)), M(uniform(rng, 32))
+    h = dense(x, w1, b1).tanh()
+    return dense(h, w2, b2).tanh().sum() + (h * h).sum(), [x, w1, b1, w2, b2, h]
+
+
+def ragged(M, rng):  # 38 rows: nine tiles of four, then two rows alone
+    a, b = M(uniform(rng, 38, 40)), M(uniform(rng, 40, 30))
+    return (a @ b).tanh().sum(), [a, b]
+
+
+def more_than_a_batch(M, rng):  # 91 x 91 outputs: more than the 8192 one batch holds
+    a, b = M(uniform(rng, 91, 32)), M(uniform(rng, 32, 91))
+    return (a @ b).tanh().sum(), [a, b]
+
+
+def specials(M, rng):  # infinities, NaNs, signed zeros and subnormals in the rows
+    a, b = uniform(rng, 36, 40), uniform(rng, 40, 36)
+    a[::5, ::7] = [[np.inf, -0.0, 0.0, np.nan, 5e-324, -np.inf]] * 8
+    b[::9, ::3] = -0.0
+    a, b = M(a), M(b)
+    return ((a @ b) * 0.5).sum(), [a, b]
+
+
+def int_data(M, rng):  # int leaves, float gradients: deferred like floats
+    a, b = M(rng.integers(-3, 4, (36, 40)).tolist()), M(rng.integers(-3, 4, (40, 36)).tolist())
+    return ((a @ b) * 0.5).sum(), [a, b]
+
+
+def int_gradients(M, rng):  # int gradients (sum passes the int 1): never deferred
+    a, b = M(rng.integers(-3, 4, (36, 40)).tolist()), M(rng.integers(-3, 4, (40, 36)).tolist())
+    return (a @ b).sum(), [a, b]
+
+
+def interleaved_reader(M, rng):
+    # b * 3 adds into b's nodes between the matmul's outputs: a batch ends at the first row of
+    # outputs that meets a column already in it, one run long.
+    a, b = M(uniform(rng, 40, 40)), M(uniform(rng, 40, 40))
+    return ((a @ b).tanh() * (b * 3.0)).sum(), [a, b]
+
+
+def shared_operand(M, rng):  # a's rows are in the blocks of two matmuls
+    a, b, c = M(uniform(rng, 36, 40)), M(uniform(rng, 40, 36)), M(uniform(rng, 40, 36))
+    return (a @ b).tanh().sum() + (a @ c).exp().sum(), [a, b, c]
+
+
+def self_product(M, rng):  # a @ a: every node is in a w row and in an x row
+    a = M(uniform(rng, 36, 36))
+    return (a @ a).tanh().sum(), [a]
+
+
+def with_transpose(M, rng):  # a @ a.T: the same rows as w rows and as x rows
+    a = M(uniform(rng, 36, 40))
+    return (a @ a.T).tanh().sum(), [a]
+
+
+def repeated_bias(M, rng):  # one Value as every output's bias: in every w row
+    x, w = M(uniform(rng, 24, 40)), M(uniform(rng, 36, 40))
+    v = M(uniform(rng, 1))[0]
+    b = M([v] * 36)
+    return dense(x, w, b).tanh().sum(), [x, w, b]
+
+
+def repeated_in_a_row(M, rng):  # a row that holds one Value twice
+    a = uniform(rng, 36, 40).tolist()
+    b = M(uniform(rng, 40, 36))
+    rows = M(a)
+    twice = M([[rows[i, 0]] + [rows[i, k] for k in range(1, 39)] + [rows[i, 0]] for i in range(36)])
+    return (twice @ b).tanh().sum(), [rows, b]
+
+
+TILED = [matmul, dense_layer, batched, ragged, more_than_a_batch, specials, int_data, shared_operand]
+UNTILED = [two_layers, interleaved_reader, int_gradients, self_product, with_transpose,
+           repeated_bias, repeated_in_a_row]
+
+
+def both_engines(graph: Callable, seed: int = 0) -> tuple[list, list, int]:
+    """The gradient bits the graph gets from each engine, and the compiled run's tiled outputs."""
+    ref_loss, ref_arrays = graph(REFERENCE, np.random.default_rng(seed))
+    ref_loss.backward()
+    loss, arrays = graph(COMPILED, np.random.default_rng(seed))
+    before = tiled()
+    loss.backward()
+    return grad_bits(arrays), grad_bits(ref_arrays), tiled() - before
+
+
+@pytest.mark.parametrize("graph", TILED, ids=lambda g: g.__name__)
+def test_tiled_backward_gives_the_plain_sweeps_bits(graph):
+    got, want, tiles = both_engines(graph)
+    assert got == want
+    assert tiles > 0
+
+
+@pytest.mark.parametrize("graph", UNTILED, ids=lambda g: g.__name__)
+def test_graphs_that_cannot_tile_fall_back_to_the_plain_order(graph):
+    got, want, tiles = both_engines(graph)
+    assert got == want
+    assert tiles == 0
+
+
+def test_the_tiles_that_can_run_do_when_others_cannot():
+    """Most outputs of a 38-row matmul tile (nine tiles of four rows of 30); the last two rows
+    run alone."""
+    *_, tiles = both_engines(ragged)
+    assert tiles == 36 * 30
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_grids_give_the_plain_sweeps_bits(seed):
+    """Random batch counts, sizes, widths around the 32 where deferring starts, both layouts
+    (a @ b: runs share a w row; dense: runs share an x row) and biases."""
+    rng = np.random.default_rng(seed)
+    batches, p, q, k = (int(rng.integers(lo, hi)) for lo, hi in [(1, 3), (1, 14), (1, 14), (28, 40)])
+    layout = ("matmul", "dense", "dense with bias")[seed % 3]
+
+    def graph(M, rng):
+        w, x, b = M(uniform(rng, batches, p, k)), M(uniform(rng, batches, q, k)), M(uniform(rng, q))
+        if layout == "matmul":
+            out = w @ x.transpose((0, 2, 1))
+        else:
+            out = dense(w, x[0], b if layout == "dense with bias" else None)
+        return out.tanh().sum(), [w, x, b]
+
+    got, want, _ = both_engines(graph, seed)
+    assert got == want
+
+
+@pytest.mark.parametrize("marks_before", range(8))
+def test_the_visit_mark_may_wrap_anywhere_in_a_backward(marks_before):
+    """The sweep takes fresh marks for every batch and tile: a wrap-around (which clears every
+    mark) at any of them leaves the gradients as they are."""
+    _engine._force_epoch_wrap(marks_before)
+    got, want, tiles = both_engines(shared_operand)
+    assert got == want
+    assert tiles > 0
+
+
+def test_replayed_backward_tiles_too_and_gives_the_same_bits():
+    loss, arrays = matmul(COMPILED, np.random.default_rng(3))
+    loss.backward()
+    first = grad_bits(arrays)
+    graph = Graph(loss)
+    for a in arrays:
+        a.zero_grad()
+    before = tiled()
+    graph.backward()
+    assert tiled() > before
+    assert grad_bits(arrays) == first
+    graph.close()
+
+
+def test_force_epoch_wrap_refuses_a_negative_count():
+    with pytest.raises(ValueError, match="marks_before"):
+        _engine._force_epoch_wrap(-1)
