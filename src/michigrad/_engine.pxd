@@ -80,7 +80,7 @@ ctypedef struct Node:
     Kids kids            # children (pair[i] == -1 when absent, `many` or blocks when nkids > 2)
     int32_t nkids
     uint32_t refcnt      # the live handle (0 or 1) + one per reference from a parent
-    uint32_t mark        # visit epoch during backward; next-slot link while free or dying
+    uint32_t mark        # visit epoch during backward; next-slot link while dying
     uint16_t op
     uint16_t flags
     PyObject* handle     # borrowed: the live Value handle of this node, or NULL
@@ -89,7 +89,10 @@ ctypedef struct Node:
 ctypedef struct Arena:
     Node* nodes
     int32_t capacity
-    int32_t free_head    # first free slot, -1 when none
+    int32_t* free_slots  # the free slots as a stack (the top is taken next): an array, not a
+                         # list threaded through the nodes, so taking a slot never waits
+                         # for the previous one's cache line
+    int32_t nfree
     int32_t dying_head   # nodes whose count reached zero, waiting to be released
     bint releasing       # a release loop is running (re-entrant releases queue onto it)
     uint32_t epoch       # current backward visit mark

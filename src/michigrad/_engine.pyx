@@ -55,7 +55,8 @@ cdef int32_t SKEW_PERIOD = 64  # grow() leaves a gap of one slot in every 64 (se
 cdef Arena A
 A.nodes = NULL
 A.capacity = 0
-A.free_head = -1
+A.free_slots = NULL
+A.nfree = 0
 A.dying_head = -1
 A.releasing = False
 A.epoch = 0
@@ -76,10 +77,14 @@ cdef int grow(Py_ssize_t needed) except -1:
         capacity *= 2
         if capacity > INT32_MAX:
             raise MemoryError("michigrad: the node arena is full (2**31 nodes)")
-    cdef size_t nbytes = <size_t>capacity * sizeof(Node)
-    cdef Node* nodes = <Node*>realloc(A.nodes, nbytes)
+    cdef Node* nodes = <Node*>realloc(A.nodes, <size_t>capacity * sizeof(Node))
     if nodes == NULL:
         raise MemoryError(f"michigrad: cannot grow the node arena to {capacity} nodes")
+    A.nodes = nodes  # (the old block may be gone: keep the new one even if the next step fails)
+    cdef int32_t* slots = <int32_t*>realloc(A.free_slots, <size_t>capacity * sizeof(int32_t))
+    if slots == NULL:
+        raise MemoryError(f"michigrad: cannot grow the node arena to {capacity} nodes")
+    A.free_slots = slots
     memset(&nodes[A.capacity], 0, <size_t>(capacity - A.capacity) * sizeof(Node))
     cdef int32_t k, first = A.capacity if A.capacity > 0 else 1  # slot 0: never a node
     # The new slots are taken lowest first, except that every 64th waits until all the others
@@ -90,17 +95,16 @@ cdef int grow(Py_ssize_t needed) except -1:
     # whether it was used before, which the reuse counter needs)
     for k in range(<int32_t>capacity - 1, first - 1, -1):  # pushed first: taken last
         if k % SKEW_PERIOD == SKEW_PERIOD - 1:
-            nodes[k].mark = <uint32_t>A.free_head
             nodes[k].nkids = -1
-            A.free_head = k
+            slots[A.nfree] = k
+            A.nfree += 1
     for k in range(<int32_t>capacity - 1, first - 1, -1):
         if k % SKEW_PERIOD != SKEW_PERIOD - 1:
-            nodes[k].mark = <uint32_t>A.free_head
             nodes[k].nkids = -1
-            A.free_head = k
+            slots[A.nfree] = k
+            A.nfree += 1
     if A.capacity == 0:
         A.live = 1  # the sentinel counts as used
-    A.nodes = nodes
     A.capacity = <int32_t>capacity
     return 0
 
@@ -115,11 +119,11 @@ cdef inline int reserve(int32_t n) except -1:
 cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a, int32_t b) except -1:
     """A fresh node with children a and b (-1 for none), holding a reference to each. Its own
     count starts at zero: the caller links it to a handle or a parent."""
-    if A.free_head < 0:
+    if A.nfree == 0:
         grow(1)
-    cdef int32_t i = A.free_head
+    A.nfree -= 1
+    cdef int32_t i = A.free_slots[A.nfree]
     cdef Node* n = &A.nodes[i]
-    A.free_head = <int32_t>n.mark
     if n.nkids >= 0:  # freed by decref_node (nkids 0), not fresh from grow (-1)
         A.reuses += 1
     n.data = data
@@ -221,8 +225,8 @@ cdef void decref_node(int32_t i) noexcept:
         n.extra = NULL
         n.nkids = 0
         n.op = OP_LEAF
-        n.mark = <uint32_t>A.free_head
-        A.free_head = i
+        A.free_slots[A.nfree] = i
+        A.nfree += 1
         A.live -= 1
         if extra != NULL:
             Py_DECREF(<object>extra)  # may re-enter decref_node: it queues and returns
@@ -818,8 +822,8 @@ ctypedef struct Frame:
 
 
 cdef inline uint32_t next_epoch() noexcept:
-    """A fresh visit mark. On wrap-around, clear the marks of live nodes (free slots keep their
-    free-list links in `mark`, and have a zero count)."""
+    """A fresh visit mark. On wrap-around, clear the marks of live nodes (a free slot has a zero
+    count; new_node clears its mark, and a dying node's mark is its queue link)."""
     cdef int32_t k
     cdef Node* n
     A.epoch += 1
@@ -1594,20 +1598,21 @@ cdef int count_block_users(Node* n, Py_ssize_t k, dict block_users, dict counts)
 
 
 def _arena_check():
-    """Verify the arena's invariants (free-list length, reference counts, handle links);
+    """Verify the arena's invariants (the free stack, reference counts, handle links);
     raise AssertionError naming the first one broken. O(capacity): tests only."""
-    cdef Py_ssize_t free_count = 0, k, j
-    cdef int32_t i = A.free_head
+    cdef Py_ssize_t k, j
+    cdef int32_t i
     cdef KidBlock* block
     counts = store_references()  # the array kernels' NodeStores (_arrays.pxi)
     block_users = {}  # a shared block's address -> the nodes using it
-    while i >= 0:
-        free_count += 1
-        if free_count > A.capacity:
-            raise AssertionError("the free list has a cycle")
-        i = <int32_t>A.nodes[i].mark
-    if free_count != A.capacity - A.live:
-        raise AssertionError(f"free list holds {free_count} slots, expected {A.capacity - A.live}")
+    if A.nfree != A.capacity - A.live:
+        raise AssertionError(f"the free stack holds {A.nfree} slots, expected {A.capacity - A.live}")
+    free = set()
+    for k in range(A.nfree):
+        i = A.free_slots[k]
+        if not 0 < i < A.capacity or A.nodes[i].refcnt != 0 or i in free:
+            raise AssertionError(f"the free stack holds slot {i}: out of range, in use or twice")
+        free.add(i)
     for k in range(1, A.capacity):
         if A.nodes[k].refcnt == 0:
             continue

@@ -68,6 +68,10 @@ cdef inline bint join_block(Node* nodes, KidBlock* block, uint32_t role, uint32_
         if is_target(c.mark, epoch):
             return False
         c.mark = epoch
+        # Every deferred node adds a float into each of its children, and nothing reads a
+        # target's int flag before the batch is applied (a refused block's node is next in line,
+        # its contributions floats too): clear it now rather than once per contribution.
+        c.flags &= ~F_GRAD_INT
     return True
 
 
@@ -128,18 +132,11 @@ cdef bint tile_fits(Node* nodes, int32_t* batch, Py_ssize_t size, Py_ssize_t run
     return True
 
 
-cdef inline void add_float(Node* n, double contrib) noexcept nogil:
-    """accumulate() for a float contribution (the flag is tested first: after the first
-    contribution it is already clear, and a store per child is what this loop is short of)."""
-    n.grad = n.grad + contrib
-    if n.flags & F_GRAD_INT:
-        n.flags &= ~F_GRAD_INT
-
-
 cdef void linear_tile(Node* nodes, int32_t* outs, Py_ssize_t stride, bint by_w) noexcept nogil:
     """linear_local_backward of the TILE (4) outputs outs[0], outs[stride], ... which share one
     block, their other blocks distinct and disjoint from it: each shared node is loaded once
-    and its gradient receives the outputs' contributions in their order."""
+    and its gradient receives the outputs' contributions in their order. Plain float additions:
+    join_block cleared the children's int flags."""
     cdef Node* out0 = &nodes[outs[0]]
     cdef Node* out1 = &nodes[outs[stride]]
     cdef Node* out2 = &nodes[outs[2 * stride]]
@@ -164,10 +161,10 @@ cdef void linear_tile(Node* nodes, int32_t* outs, Py_ssize_t stride, bint by_w) 
         r2 = out2.kids.block.kids
         r3 = out3.kids.block.kids
         if has_bias:
-            add_float(&nodes[r0[0]], g0)
-            add_float(&nodes[r1[0]], g1)
-            add_float(&nodes[r2[0]], g2)
-            add_float(&nodes[r3[0]], g3)
+            nodes[r0[0]].grad = nodes[r0[0]].grad + g0
+            nodes[r1[0]].grad = nodes[r1[0]].grad + g1
+            nodes[r2[0]].grad = nodes[r2[0]].grad + g2
+            nodes[r3[0]].grad = nodes[r3[0]].grad + g3
             r0 += 1
             r1 += 1
             r2 += 1
@@ -180,12 +177,9 @@ cdef void linear_tile(Node* nodes, int32_t* outs, Py_ssize_t stride, bint by_w) 
         r3 = out3.aux.block.kids
         if has_bias:
             c = &nodes[common[0]]
-            add_float(c, g0)
-            add_float(c, g1)
-            add_float(c, g2)
-            add_float(c, g3)
+            c.grad = c.grad + g0 + g1 + g2 + g3  # (left to right, as one at a time)
             common += 1
-    for k in range(m):
+    for k in range(m):  # (join_block cleared every child's int flag)
         c = &nodes[common[k]]
         o0 = &nodes[r0[k]]
         o1 = &nodes[r1[k]]
@@ -193,16 +187,14 @@ cdef void linear_tile(Node* nodes, int32_t* outs, Py_ssize_t stride, bint by_w) 
         o3 = &nodes[r3[k]]
         cd = c.data
         # w.grad += x.data * g and x.grad += w.data * g, whichever of w and x is shared
-        add_float(o0, cd * g0)
-        add_float(o1, cd * g1)
-        add_float(o2, cd * g2)
-        add_float(o3, cd * g3)
+        o0.grad = o0.grad + cd * g0
+        o1.grad = o1.grad + cd * g1
+        o2.grad = o2.grad + cd * g2
+        o3.grad = o3.grad + cd * g3
         cg = c.grad + o0.data * g0
         cg = cg + o1.data * g1
         cg = cg + o2.data * g2
         c.grad = cg + o3.data * g3
-        if c.flags & F_GRAD_INT:
-            c.flags &= ~F_GRAD_INT
 
 
 cdef Py_ssize_t apply_batch(Node* nodes, int32_t* batch, Py_ssize_t size) noexcept:
