@@ -270,6 +270,29 @@ def test_wide_matmul_grids_are_linear_to_the_last_bit(K, Value, engine, x_major,
         assert [bits(v) for v in got] == [bits(v.data) for v in want]
 
 
+@pytest.mark.parametrize("x_major", [False, True])
+def test_batched_wide_matmul_grids_are_linear_to_the_last_bit(K, Value, engine, x_major):
+    """The side-by-side sums read the inner operand transposed, batch by batch: three batches
+    of 9 x 11 outputs (a group of eight and a remainder in each row), with a bias."""
+    linear = importlib.import_module(VALUE_MODULES[engine]).linear
+    rng = random.Random(f"batched{x_major}")
+    batches, p_count, q_count, k = 3, 9, 11, 5
+    w = numbers(K, [rng.uniform(-2, 2) for _ in range(batches * p_count * k)])
+    x = numbers(K, [rng.uniform(-2, 2) for _ in range(batches * q_count * k)])
+    b = numbers(K, [rng.uniform(-2, 2) for _ in range(batches * p_count)])
+    out = K.array_matmul(w, arange(batches * p_count * k).reshape(-1, k), x,
+                         arange(batches * q_count * k).reshape(-1, k), batches, b,
+                         arange(batches * p_count), x_major)
+    ws, xs, bs = (K.array_values(s, arange(len(s))) for s in (w, x, b))
+    pairs = [(p, q) for q in range(q_count) for p in range(p_count)] if x_major else \
+        [(p, q) for p in range(p_count) for q in range(q_count)]
+    want = [linear(ws[(bt * p_count + p) * k:(bt * p_count + p + 1) * k],
+                   xs[(bt * q_count + q) * k:(bt * q_count + q + 1) * k], bs[bt * p_count + p])
+            for bt in range(batches) for p, q in pairs]
+    got = K.array_numbers(out, arange(len(want)))
+    assert [bits(v) for v in got] == [bits(v.data) for v in want]
+
+
 @pytest.mark.parametrize(("batches", "p_rows", "q_rows", "k"), [
     (0, 0, 0, 3), (1, 0, 4, 2), (1, 4, 0, 2), (2, 0, 0, 5), (3, 3, 0, 0)])
 def test_matmul_grid_with_no_output_makes_nothing(K, engine, batches, p_rows, q_rows, k):

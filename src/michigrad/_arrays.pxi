@@ -667,47 +667,60 @@ cdef enum:
     DOTS = 8  # sums computed side by side by float_dots
 
 
-cdef inline void float_dots(const double* shared, const double** rows, bint shared_is_w, double* v,
-                            Py_ssize_t m) noexcept nogil:
+cdef inline void float_dots(const double* shared, const double* columns, Py_ssize_t stride,
+                            bint shared_is_w, double* v, Py_ssize_t m) noexcept nogil:
     """v[j] += w[0]*x[0], then += w[1]*x[1], ... for DOTS outputs of one output row, which all
-    read the same operand row `shared` (w when shared_is_w, else x) and each its own other row
-    (rows[j]): linear_value's sum without its int bookkeeping (same operations, operand order
-    and rounding, so the same bits). Side by side because each sum is a chain of dependent
-    additions that alone leaves the FPU mostly idle; `shared` is loaded once for all."""
+    read the same operand row `shared` (w when shared_is_w, else x), and each its own other row,
+    stored transposed: element k of output j's row is columns[k * stride + j]. linear_value's
+    sum without its int bookkeeping (same operations, operand order and rounding, so the same
+    bits). Side by side because each sum is a chain of dependent additions that alone leaves
+    the FPU mostly idle; `shared` is loaded once for all, and the DOTS other elements of step k
+    are adjacent, so they load as vectors."""
     cdef double v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3], v4 = v[4], v5 = v[5], v6 = v[6], v7 = v[7]
-    cdef const double* r0 = rows[0]
-    cdef const double* r1 = rows[1]
-    cdef const double* r2 = rows[2]
-    cdef const double* r3 = rows[3]
-    cdef const double* r4 = rows[4]
-    cdef const double* r5 = rows[5]
-    cdef const double* r6 = rows[6]
-    cdef const double* r7 = rows[7]
+    cdef const double* r
     cdef double c
     cdef Py_ssize_t k
     if shared_is_w:
         for k in range(m):
             c = shared[k]
-            v0 = v0 + c * r0[k]
-            v1 = v1 + c * r1[k]
-            v2 = v2 + c * r2[k]
-            v3 = v3 + c * r3[k]
-            v4 = v4 + c * r4[k]
-            v5 = v5 + c * r5[k]
-            v6 = v6 + c * r6[k]
-            v7 = v7 + c * r7[k]
+            r = columns + k * stride
+            v0 = v0 + c * r[0]
+            v1 = v1 + c * r[1]
+            v2 = v2 + c * r[2]
+            v3 = v3 + c * r[3]
+            v4 = v4 + c * r[4]
+            v5 = v5 + c * r[5]
+            v6 = v6 + c * r[6]
+            v7 = v7 + c * r[7]
     else:
         for k in range(m):
             c = shared[k]
-            v0 = v0 + r0[k] * c
-            v1 = v1 + r1[k] * c
-            v2 = v2 + r2[k] * c
-            v3 = v3 + r3[k] * c
-            v4 = v4 + r4[k] * c
-            v5 = v5 + r5[k] * c
-            v6 = v6 + r6[k] * c
-            v7 = v7 + r7[k] * c
+            r = columns + k * stride
+            v0 = v0 + r[0] * c
+            v1 = v1 + r[1] * c
+            v2 = v2 + r[2] * c
+            v3 = v3 + r[3] * c
+            v4 = v4 + r[4] * c
+            v5 = v5 + r[5] * c
+            v6 = v6 + r[6] * c
+            v7 = v7 + r[7] * c
     v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7] = v0, v1, v2, v3, v4, v5, v6, v7
+
+
+cdef double* transposed_rows(const double* data, Py_ssize_t batches, Py_ssize_t rows,
+                             Py_ssize_t m) except NULL:
+    """A malloc'd copy of batches blocks of rows x m doubles, each block transposed (m x rows):
+    float_dots' columns."""
+    cdef double* t = <double*>malloc(<size_t>(batches * rows * m if batches * rows * m > 0 else 1)
+                                     * sizeof(double))
+    if t == NULL:
+        raise MemoryError("michigrad: out of memory for the operands of a matmul")
+    cdef Py_ssize_t bt, r, k, block = rows * m
+    for bt in range(batches):
+        for r in range(rows):
+            for k in range(m):
+                t[bt * block + k * rows + r] = data[bt * block + r * m + k]
+    return t
 
 
 cdef inline void own_pair(int32_t* pair, GridRows* wr, GridRows* xr, NodeStore b, const int64_t* bq,
@@ -758,6 +771,7 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     wr.has_int = xr.has_int = NULL
     cdef KidBlock** w_blocks = NULL
     cdef KidBlock** x_blocks = NULL
+    cdef double* columns = NULL  # the inner operand's rows transposed, for float_dots
     cdef double* row_values = NULL  # one output row's values and int flags, before its nodes
     cdef bint* row_ints = NULL
     cdef NodeStore out
@@ -768,6 +782,8 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
         if shared:
             w_blocks = new_blocks(wp.n, <int32_t>(m + has_bias))
             x_blocks = new_blocks(xp.n, <int32_t>m)
+        if (P if x_major else Q) >= DOTS:
+            columns = transposed_rows(wr.data if x_major else xr.data, batches, P if x_major else Q, m)
         row_values = <double*>malloc(<size_t>(P if P > Q else Q) * sizeof(double))
         row_ints = <bint*>malloc(<size_t>(P if P > Q else Q) * sizeof(bint))
         if row_values == NULL or row_ints == NULL:
@@ -778,6 +794,7 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
         free_rows(&xr)
         free_blocks(w_blocks, wp.n)
         free_blocks(x_blocks, xp.n)
+        free(columns)
         free(row_values)
         free(row_ints)
         raise
@@ -805,7 +822,6 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
                 nodes[b.slots[bq[e]]].refcnt += <uint32_t>Q
     cdef Py_ssize_t n_outer = Q if x_major else P, n_inner = P if x_major else Q
     cdef int32_t pair[2]
-    cdef const double* others[DOTS]
     cdef const double* shared_row
     cdef double value
     cdef bint value_int
@@ -820,11 +836,11 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
                 if inner + DOTS <= n_inner and float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, DOTS):
                     for k in range(DOTS):
                         grid_pair(bt, P, Q, outer, inner + k, x_major, &p, &q)
-                        others[k] = (wr.data + p * m) if x_major else (xr.data + q * m)
                         row_values[inner + k] = nodes[b.slots[bq[p]]].data if has_bias else 0.0
                         row_ints[inner + k] = False
                     shared_row = (xr.data + q * m) if x_major else (wr.data + p * m)
-                    float_dots(shared_row, others, not x_major, row_values + inner, m)
+                    float_dots(shared_row, columns + bt * n_inner * m + inner, n_inner,
+                               not x_major, row_values + inner, m)
                     inner += DOTS
                     continue
                 grid_pair(bt, P, Q, outer, inner, x_major, &p, &q)
@@ -863,6 +879,7 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     free_rows(&xr)
     free(w_blocks)  # the array of pointers: the blocks are the nodes' now
     free(x_blocks)
+    free(columns)
     free(row_values)
     free(row_ints)
     return out
