@@ -821,20 +821,25 @@ ctypedef struct Frame:
     int32_t next_kid
 
 
-cdef inline uint32_t next_epoch() noexcept:
-    """A fresh visit mark. On wrap-around, clear the marks of live nodes (a free slot has a zero
-    count; new_node clears its mark, and a dying node's mark is its queue link)."""
+cdef void clear_marks() noexcept:
+    """Set every live node's and shared block's mark to 0, older than any epoch (a free slot has
+    a zero count; new_node clears its mark, and a dying node's mark is its queue link)."""
     cdef int32_t k
     cdef Node* n
+    for k in range(A.capacity):
+        n = &A.nodes[k]
+        if n.refcnt > 0:
+            n.mark = 0
+            if n.flags & F_SHARED_KIDS:
+                n.kids.block.mark = 0
+                n.aux.block.mark = 0
+
+
+cdef inline uint32_t next_epoch() noexcept:
+    """A fresh visit mark; on wrap-around every mark is cleared and the count restarts at 1."""
     A.epoch += 1
     if A.epoch == 0:
-        for k in range(A.capacity):
-            n = &A.nodes[k]
-            if n.refcnt > 0:
-                n.mark = 0
-                if n.flags & F_SHARED_KIDS:
-                    n.kids.block.mark = 0
-                    n.aux.block.mark = 0
+        clear_marks()
         A.epoch = 1
     return A.epoch
 
@@ -1574,6 +1579,7 @@ def _force_epoch_wrap(int marks_before=0):
     tests that no stale mark survives the wrap, wherever in a backward it falls."""
     if marks_before < 0:
         raise ValueError("marks_before must be >= 0")
+    clear_marks()  # the epoch may move back: no live mark may equal one of the marks to come
     A.epoch = <uint32_t>(0xFFFFFFFF - <uint32_t>marks_before)
 
 
@@ -1607,12 +1613,17 @@ def _arena_check():
     block_users = {}  # a shared block's address -> the nodes using it
     if A.nfree != A.capacity - A.live:
         raise AssertionError(f"the free stack holds {A.nfree} slots, expected {A.capacity - A.live}")
-    free = set()
-    for k in range(A.nfree):
-        i = A.free_slots[k]
-        if not 0 < i < A.capacity or A.nodes[i].refcnt != 0 or i in free:
-            raise AssertionError(f"the free stack holds slot {i}: out of range, in use or twice")
-        free.add(i)
+    cdef char* on_stack = <char*>calloc(<size_t>(A.capacity if A.capacity > 0 else 1), 1)
+    if on_stack == NULL:
+        raise MemoryError("_arena_check: out of memory")
+    try:
+        for k in range(A.nfree):
+            i = A.free_slots[k]
+            if not 0 < i < A.capacity or A.nodes[i].refcnt != 0 or on_stack[i]:
+                raise AssertionError(f"the free stack holds slot {i}: out of range, in use or twice")
+            on_stack[i] = 1
+    finally:
+        free(on_stack)
     for k in range(1, A.capacity):
         if A.nodes[k].refcnt == 0:
             continue

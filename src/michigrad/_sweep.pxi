@@ -37,8 +37,8 @@ cdef inline bint deferrable(Node* n) noexcept nogil:
 
 
 cdef inline bint is_target(uint32_t mark, uint32_t epoch) noexcept nogil:
-    """A node's or block's mark says it is in the current batch (epoch: as or in a w row,
-    epoch + 1: an x row)."""
+    """A mark says the node or block is in the current batch: a target node is marked epoch; a
+    block epoch as a w row, epoch + 1 as an x row."""
     return mark - epoch <= 1
 
 
@@ -60,8 +60,8 @@ cdef inline bint join_block(Node* nodes, KidBlock* block, uint32_t role, uint32_
     cdef Node* c
     if block.mark == role:
         return True
-    if is_target(block.mark, epoch):
-        return False
+    if is_target(block.mark, epoch):  # (array_matmul makes every block for one role; a future
+        return False                   # kernel sharing one block both ways would land here)
     block.mark = role
     for k in range(block.n):
         c = &nodes[block.kids[k]]
@@ -123,6 +123,8 @@ cdef bint tile_fits(Node* nodes, int32_t* batch, Py_ssize_t size, Py_ssize_t run
                 return False
             if other_block(&nodes[batch[r * run + p]], by_w) != other_block(&nodes[batch[p]], by_w):
                 return False
+    # Distinct other blocks within the run: array_matmul makes one node per pair of rows, so
+    # this holds today; checked because the order argument rests on it.
     stamp = next_epoch()  # the batch is complete: its block marks are no longer needed
     for p in range(run):
         other = other_block(&nodes[batch[p]], by_w)
