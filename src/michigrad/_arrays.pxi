@@ -44,15 +44,13 @@ cdef class NodeStore:
 
     def __dealloc__(self):
         global live_stores
-        cdef Py_ssize_t k
         if self.prev != NULL:
             (<NodeStore>self.prev).next = self.next
         else:
             live_stores = self.next
         if self.next != NULL:
             (<NodeStore>self.next).prev = self.prev
-        for k in range(self.n):
-            decref_node(self.slots[k])
+        decref_nodes(self.slots, self.n)
         free(self.slots)
 
     def __len__(self):
@@ -339,8 +337,7 @@ def array_assign(NodeStore store not None, pos, NodeStore src not None, src_pos)
         old = store.slots[q[k]]
         store.slots[q[k]] = moved[k]
         moved[k] = old
-    for k in range(n):  # releasing may run Python code (a custom op's closure): last
-        decref_node(moved[k])
+    decref_nodes(moved, n)  # releasing may run Python code (a custom op's closure): last
     free(moved)
 
 

@@ -5,7 +5,7 @@
 # grows. The whole module's state is the single `Arena` in _engine.pyx.
 
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
 
 # Op codes: one entry of the op table each (forward in the Value methods, local backward in
 # `_apply_local_backward`).
@@ -93,6 +93,8 @@ ctypedef struct Arena:
                          # list threaded through the nodes, so taking a slot never waits
                          # for the previous one's cache line
     int32_t nfree
+    uint64_t* free_bits  # scratch bitmap (a bit per slot, all zero between uses) with which
+    Py_ssize_t free_bits_words  # release_queued() puts a large freed run in address order
     int32_t dying_head   # nodes whose count reached zero, waiting to be released
     bint releasing       # a release loop is running (re-entrant releases queue onto it)
     uint32_t epoch       # current backward visit mark
@@ -131,6 +133,7 @@ cdef int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a, int32
 cdef int reserve(int32_t n) except -1
 cdef void incref_node(int32_t i) noexcept
 cdef void decref_node(int32_t i) noexcept
+cdef void decref_nodes(const int32_t* slots, Py_ssize_t n) noexcept
 cdef int run_backward(int32_t root) except -1
 cdef int apply_local_backward(int32_t i) except -1
 cdef void backward_sweep(Node* nodes, int32_t* order, Py_ssize_t count) noexcept

@@ -153,10 +153,8 @@ cdef class Tape:
         if not self.is_open:
             return
         self.is_open = False
-        for k in range(self.ninputs):
-            decref_node(self.inputs[k])
-        for k in range(self.nparams):
-            decref_node(self.params[k])
+        decref_nodes(self.inputs, self.ninputs)
+        decref_nodes(self.params, self.nparams)
         decref_node(self.root)
         free(self.order)
         free(self.leaves)
