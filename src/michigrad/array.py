@@ -423,6 +423,8 @@ class MLArrayBase:
 
     @staticmethod
     def _broadcast(a: MLArrayBase, b: MLArrayBase) -> Shape:
+        if a._index.shape == b._index.shape:  # the common case, without numpy's general machinery
+            return a._index.shape
         try:
             return tuple(np.broadcast_shapes(a.shape, b.shape))
         except ValueError:
@@ -431,8 +433,8 @@ class MLArrayBase:
 
     def _binary(self, op: str, a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
         shape = self._broadcast(a, b)
-        ap = _positions(np.broadcast_to(a._index, shape))
-        bp = _positions(np.broadcast_to(b._index, shape))
+        ap = _positions(a._index if a._index.shape == shape else np.broadcast_to(a._index, shape))
+        bp = _positions(b._index if b._index.shape == shape else np.broadcast_to(b._index, shape))
         return type(self)._new(self._kernels.array_binary(op, a._store, ap, b._store, bp), shape)
 
     def __add__(self, other: Any) -> MLArrayBase:
@@ -599,8 +601,8 @@ class MLArrayBase:
         nd = self._index.ndim
         kept = [d for d in range(nd) if d not in axes]
         moved = np.transpose(self._index, kept + sorted(axes))
-        n = int(np.prod([self._index.shape[d] for d in kept], dtype=np.int64))
-        k = int(np.prod([self._index.shape[d] for d in axes], dtype=np.int64))
+        n = math.prod(self._index.shape[d] for d in kept)
+        k = math.prod(self._index.shape[d] for d in axes)
         pos = np.ascontiguousarray(moved.reshape((n, k)), dtype=np.int64)
         if keepdims:
             shape = tuple(1 if d in axes else s for d, s in enumerate(self._index.shape))
@@ -635,7 +637,7 @@ class MLArrayBase:
         return self._reduce("min", axis, keepdims)
 
     def _count(self, axis: Any) -> int:
-        return int(np.prod([self._index.shape[d] for d in self._axes(axis)], dtype=np.int64))
+        return math.prod(self._index.shape[d] for d in self._axes(axis))
 
     def mean(self, axis: Any = None, keepdims: bool = False) -> MLArrayBase:
         """sum / count over axis (Value's '/': the sum times count ** -1)."""
@@ -760,7 +762,7 @@ class MLArrayBase:
         ``random.seed`` reproduces them); ``rng`` a ``random.Random`` or an int seed."""
         dims = _shape_arg(shape, "randn")
         r = _rng(rng)
-        n = int(np.prod(dims, dtype=np.int64))
+        n = math.prod(dims)
         return cls._from_floats(np.array([r.gauss(0, 1) for _ in range(n)]), dims)
 
     @classmethod
@@ -810,7 +812,7 @@ def _matmul(a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
     except ValueError:
         raise ValueError(f"matmul: the batch dimensions of shapes {a.shape} and {b.shape} "
                          "cannot be broadcast together") from None
-    batches = int(np.prod(batch, dtype=np.int64))
+    batches = math.prod(batch)
     # each operand row once: a's rows and b's columns, broadcast over the batch dimensions
     w_rows = np.broadcast_to(ai, batch + (n, k)).reshape((batches * n, k))
     x_rows = np.broadcast_to(np.swapaxes(bi, -1, -2), batch + (m, k)).reshape((batches * m, k))
@@ -842,7 +844,7 @@ def dense(x: Any, weight: MLArrayBase, bias: Optional[MLArrayBase] = None) -> ML
         what = bias.shape if isinstance(bias, MLArrayBase) else type(bias).__name__
         raise ValueError(f"dense: bias must be an MLArray of shape ({nout},), not {what}")
     batch = x.shape[:-1]
-    n = int(np.prod(batch, dtype=np.int64))
+    n = math.prod(batch)
     b_store, b_pos = None, None
     if bias is not None:
         b_store, b_pos = bias._store, _positions(bias._index)
