@@ -814,8 +814,12 @@ def _matmul(a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
                          "cannot be broadcast together") from None
     batches = math.prod(batch)
     # each operand row once: a's rows and b's columns, broadcast over the batch dimensions
-    w_rows = np.broadcast_to(ai, batch + (n, k)).reshape((batches * n, k))
-    x_rows = np.broadcast_to(np.swapaxes(bi, -1, -2), batch + (m, k)).reshape((batches * m, k))
+    if ai.shape[:-2] == bi.shape[:-2] == batch:  # no batch dimension to broadcast
+        w_rows = ai.reshape((batches * n, k))
+        x_rows = np.swapaxes(bi, -1, -2).reshape((batches * m, k))
+    else:
+        w_rows = np.broadcast_to(ai, batch + (n, k)).reshape((batches * n, k))
+        x_rows = np.broadcast_to(np.swapaxes(bi, -1, -2), batch + (m, k)).reshape((batches * m, k))
     store = a._kernels.array_matmul(a._store, np.ascontiguousarray(w_rows, dtype=np.int64),
                                     b._store, np.ascontiguousarray(x_rows, dtype=np.int64),
                                     batches)
