@@ -115,6 +115,58 @@ def test_only_runs_of_256_or_more_are_sorted(n):
         assert taken == store_order
 
 
+@pytest.mark.parametrize("step", [64, 65])
+def test_a_run_sparser_than_a_slot_per_64_is_left_as_freed(step):
+    """The bitmap sort costs a word per 64 slots of the run's span: a run with fewer freed slots
+    than that is left in the order it was freed. 300 slots `step` apart span 300 words at step
+    64 (sorted) and 305 at step 65 (not)."""
+    out = run_fresh(f"""
+        import random
+        from michigrad import _engine
+        from michigrad.array import MLArray
+        total = 300 * {step} + 4000
+        room = [_engine.Value(0.0) for _ in range(total)]
+        del room                                  # (free slots for all of them)
+        slots = _engine._next_free_slots(total)   # the slots the leaves below will take
+        vs = [_engine.Value(float(i)) for i in range(total)]
+        start = min(slots) + 64 - min(slots) % 64
+        picked = [i for i, s in enumerate(slots) if s >= start and (s - start) % {step} == 0][:300]
+        assert len(picked) == 300
+        random.Random(2).shuffle(picked)
+        a = MLArray([vs[i] for i in picked])    # a store of 300 nodes, shuffled
+        del vs
+        del a
+        print(*[slots[i] for i in picked])
+        print(*_engine._next_free_slots(300))
+    """)
+    store_order, taken = ([int(s) for s in line.split()] for line in out.splitlines())
+    assert sorted(taken) == sorted(store_order)
+    if step == 64:
+        assert taken == address_order(taken)
+    else:
+        assert taken == store_order
+
+
+def test_nodes_replaced_by_setitem_are_freed_as_one_run():
+    out = run_fresh("""
+        import random
+        from michigrad import _engine
+        from michigrad.array import MLArray
+        room = [_engine.Value(0.0) for _ in range(2000)]
+        del room
+        a = MLArray([random.random() for _ in range(1000)]).tanh()   # 2000 nodes
+        before = _engine._arena_stats()['live']
+        a[:] = MLArray.zeros(1000)            # the tanh nodes and their leaves die together
+        freed = before + 1000 - _engine._arena_stats()['live']
+        print(freed)
+        print(*_engine._next_free_slots(freed))
+    """)
+    freed_line, slots_line = out.splitlines()
+    slots = [int(s) for s in slots_line.split()]
+    assert int(freed_line) == 2000 == len(slots)
+    assert slots == address_order(slots)
+
+
 def test_no_slot_is_lost_or_doubled_by_sorting():
     rng = random.Random(5)
     for trial in range(30):

@@ -95,6 +95,7 @@ ctypedef struct Arena:
     int32_t nfree
     uint64_t* free_bits  # scratch bitmap (a bit per slot, all zero between uses) with which
     Py_ssize_t free_bits_words  # release_queued() puts a large freed run in address order
+                                # (grown as needed, never shrunk: 1/512 of the nodes' memory)
     int32_t dying_head   # nodes whose count reached zero, waiting to be released
     bint releasing       # a release loop is running (re-entrant releases queue onto it)
     uint32_t epoch       # current backward visit mark

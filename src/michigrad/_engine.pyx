@@ -273,11 +273,10 @@ cdef void sort_free_run(int32_t lo) noexcept:
     nodes would be scattered over the run, and every kernel and backward over it would miss
     the cache (about 20% of the MLP benchmark). A bitmap sort: O(run + span / 64), skipped when
     the run is too sparse for that to pay or the bitmap cannot be allocated (the order is only
-    a matter of speed)."""
+    a matter of speed). (If Python code run by the release grew the arena, the run also holds
+    the new slots grow() pushed: they are free too, and sorted into the same order.)"""
     cdef int32_t* stack = A.free_slots
     cdef int32_t hi = A.nfree, k, slot, lowest = INT32_MAX, highest = 0
-    if lo < 0 or hi - lo < 2:
-        return
     for k in range(lo, hi):
         slot = stack[k]
         if slot < lowest:
@@ -292,7 +291,7 @@ cdef void sort_free_run(int32_t lo) noexcept:
         bits = <uint64_t*>realloc(A.free_bits, <size_t>words * sizeof(uint64_t))
         if bits == NULL:
             return
-        memset(bits, 0, <size_t>words * sizeof(uint64_t))
+        memset(bits + A.free_bits_words, 0, <size_t>(words - A.free_bits_words) * sizeof(uint64_t))
         A.free_bits = bits
         A.free_bits_words = words
     bits = A.free_bits
@@ -1716,6 +1715,9 @@ def _arena_check():
             on_stack[i] = 1
     finally:
         free(on_stack)
+    for k in range(A.free_bits_words):  # sort_free_run's bitmap is all zero between sorts
+        if A.free_bits[k] != 0:
+            raise AssertionError(f"word {k} of the free-run bitmap is not zero")
     for k in range(1, A.capacity):
         if A.nodes[k].refcnt == 0:
             continue
