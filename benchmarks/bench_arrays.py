@@ -47,7 +47,8 @@ is).
 
 Two more tables time the kernels alone on 1,000,000-element arrays (ns per created node: the
 issue's <= 20 ns target), once on a fresh arena (before the workloads) and once after them, when
-the arena's free list (last freed, first reused) hands out scattered slots. ``ns/child`` explains
+the arena's free stack holds what their graphs freed (a run of 256 or more freed slots goes back
+in address order; smaller ones are last freed, first reused). ``ns/child`` explains
 the n-ary nodes: a 'linear' node sums its k products left to right (bit for bit micrograd's
 neuron) and references 2k children, so its cost grows with k. A C program
 (``benchmarks/c_floor/libm_floor.c``, needs gcc) gives the floor under those figures on the same
@@ -459,9 +460,9 @@ def main() -> None:
     bench_kernels(reps, "fresh arena (free slots in address order)")
     print_c_floor(reps)
     bench_workloads(reps)
-    # The arena's free list is last-freed-first: after graphs of mixed shapes were freed, new
-    # nodes land on scattered slots, each write a cache miss. Same kernels, same inputs:
-    bench_kernels(reps, "after the workloads (free list scattered by their graphs)")
+    # Same kernels, same inputs, on the slots the workloads' graphs freed (runs of 256+ slots
+    # sorted back into address order, smaller ones last freed, first reused):
+    bench_kernels(reps, "after the workloads (on the slots their graphs freed)")
 
 
 if __name__ == "__main__":
