@@ -168,8 +168,11 @@ def test_nodes_replaced_by_setitem_are_freed_as_one_run():
 
 
 def test_no_slot_is_lost_or_doubled_by_sorting():
+    """Graphs and arrays of random sizes freed in random order, each free sorting its run: the
+    free stack still holds every free slot once (a doubled or lost slot stays on the stack, so
+    one check per trial finds it; _arena_check is O(arena), slow under valgrind)."""
     rng = random.Random(5)
-    for trial in range(30):
+    for trial in range(12):
         keep = [Value(rng.random()) for _ in range(rng.randrange(0, 400))]
         graphs = []
         for _ in range(rng.randrange(1, 4)):
@@ -185,7 +188,6 @@ def test_no_slot_is_lost_or_doubled_by_sorting():
                 graphs.pop()
             else:
                 arrays.pop()
-            assert _engine._arena_check()
         if rng.random() < 0.5:
             keep = keep[::3]
         assert _engine._arena_check()
