@@ -39,6 +39,12 @@ def run_fresh(code: str) -> str:
     return out.stdout
 
 
+def freed_run(out: str) -> tuple[int, list[int]]:
+    """(the count of nodes freed, the slots the next nodes take) from a run_fresh printing them."""
+    freed_line, slots_line = out.splitlines()
+    return int(freed_line), [int(s) for s in slots_line.split()]
+
+
 def test_a_freed_graph_is_taken_again_in_address_order():
     out = run_fresh("""
         import random
@@ -56,9 +62,8 @@ def test_a_freed_graph_is_taken_again_in_address_order():
         print(*_engine._next_free_slots(freed))
         assert _engine._arena_check()
     """)
-    freed_line, slots_line = out.splitlines()
-    slots = [int(s) for s in slots_line.split()]
-    assert int(freed_line) > 4000 and len(slots) == int(freed_line)
+    freed, slots = freed_run(out)
+    assert freed > 4000 and len(slots) == freed
     assert len(set(slots)) == len(slots)
     assert slots == address_order(slots)
     assert any(s % SKEW == SKEW - 1 for s in slots)  # the run did hold 64th slots
@@ -80,9 +85,8 @@ def test_an_array_store_is_freed_as_one_run():
         print(freed)
         print(*_engine._next_free_slots(freed))
     """)
-    freed_line, slots_line = out.splitlines()
-    slots = [int(s) for s in slots_line.split()]
-    assert int(freed_line) == 15001 == len(slots)
+    freed, slots = freed_run(out)
+    assert freed == 15001 == len(slots)
     assert slots == address_order(slots)
 
 
@@ -161,9 +165,8 @@ def test_nodes_replaced_by_setitem_are_freed_as_one_run():
         print(freed)
         print(*_engine._next_free_slots(freed))
     """)
-    freed_line, slots_line = out.splitlines()
-    slots = [int(s) for s in slots_line.split()]
-    assert int(freed_line) == 2000 == len(slots)
+    freed, slots = freed_run(out)
+    assert freed == 2000 == len(slots)
     assert slots == address_order(slots)
 
 

@@ -80,6 +80,12 @@ def _positions(index: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(index.reshape(-1), dtype=np.int64)
 
 
+def _broadcast_index(index: np.ndarray, shape: Shape) -> np.ndarray:
+    """index broadcast to shape: itself when it already has that shape (numpy's broadcast_to
+    costs microseconds, a fair part of a small array op)."""
+    return index if index.shape == shape else np.broadcast_to(index, shape)
+
+
 def _shape_arg(shape: tuple[Any, ...], what: str) -> Shape:
     """A shape given as varargs (``zeros(2, 3)``) or as one tuple/list (``zeros((2, 3))``)."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -433,8 +439,8 @@ class MLArrayBase:
 
     def _binary(self, op: str, a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
         shape = self._broadcast(a, b)
-        ap = _positions(a._index if a._index.shape == shape else np.broadcast_to(a._index, shape))
-        bp = _positions(b._index if b._index.shape == shape else np.broadcast_to(b._index, shape))
+        ap = _positions(_broadcast_index(a._index, shape))
+        bp = _positions(_broadcast_index(b._index, shape))
         return type(self)._new(self._kernels.array_binary(op, a._store, ap, b._store, bp), shape)
 
     def __add__(self, other: Any) -> MLArrayBase:
@@ -814,12 +820,8 @@ def _matmul(a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
                          "cannot be broadcast together") from None
     batches = math.prod(batch)
     # each operand row once: a's rows and b's columns, broadcast over the batch dimensions
-    if ai.shape[:-2] == bi.shape[:-2] == batch:  # no batch dimension to broadcast
-        w_rows = ai.reshape((batches * n, k))
-        x_rows = np.swapaxes(bi, -1, -2).reshape((batches * m, k))
-    else:
-        w_rows = np.broadcast_to(ai, batch + (n, k)).reshape((batches * n, k))
-        x_rows = np.broadcast_to(np.swapaxes(bi, -1, -2), batch + (m, k)).reshape((batches * m, k))
+    w_rows = _broadcast_index(ai, batch + (n, k)).reshape((batches * n, k))
+    x_rows = _broadcast_index(np.swapaxes(bi, -1, -2), batch + (m, k)).reshape((batches * m, k))
     store = a._kernels.array_matmul(a._store, np.ascontiguousarray(w_rows, dtype=np.int64),
                                     b._store, np.ascontiguousarray(x_rows, dtype=np.int64),
                                     batches)
