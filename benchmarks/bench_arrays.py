@@ -410,10 +410,10 @@ def bench_kernels(reps: int, when: str) -> None:
                     2 * n + 1, 0)
     # a matmul's 'linear' nodes: each child's gradient is one read and one read-modify-write of
     # a node (plus its visit in the topological order). sum() hands them the int 1, so they run
-    # one at a time; after '** 1.0' their gradients are floats and the sweep applies them four
-    # at a time, one pass over the shared column for four outputs (_sweep.pxi)
+    # one at a time; after '** 1.0' their gradients are floats and the sweep applies them in a
+    # batch, on dense copies of the operand rows (_sweep.pxi)
     backward_of_sum("backward: sum(125x64 @ 64x64)", matmul_grid(), 8000 + 1, 128)
-    backward_of_sum("backward: sum((..)**1.0), tiled", _engine.array_unary(
+    backward_of_sum("backward: sum((..)**1.0), row copies", _engine.array_unary(
         "powc", matmul_grid(), pos[:8000], 1.0), 2 * 8000 + 1, 128)
 
 

@@ -1,12 +1,14 @@
-"""backward()'s tiles (_sweep.pxi) against the plain sweep: the same gradients, bit for bit.
+"""backward()'s batches of matmul outputs (_sweep.pxi) against the plain sweep: the same
+gradients, bit for bit.
 
-The compiled engine defers wide matmul nodes (shared operand rows of 32 or more) and applies
-them four at a time, one pass over the row they share; the reference engine applies every node
-alone in reverse topological order, as micrograd does. Each graph below is built by both engines
-from the same numbers and every gradient must be the same bits -- whatever the graph shares
-between its rows, whoever else reads the rows, however many nodes are deferred and wherever the
-visit mark wraps around. The `tiled_outputs` counter shows whether the tiles ran, so a test
-meant for them cannot pass by falling back to the plain order.
+The compiled engine defers wide matmul nodes (shared operand rows of 32 or more) and applies a
+batch of them on dense copies of their rows (four outputs that share a row together); the
+reference engine applies every node alone in reverse topological order, as micrograd does. Each
+graph below is built by both engines from the same numbers and every gradient must be the same
+bits -- whatever the graph shares between its rows, whoever else reads the rows, however many
+nodes are deferred and wherever the visit mark wraps around. The `row_copied_outputs` counter
+shows whether the copies were used, so a test meant for them cannot pass by falling back to the
+plain order.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from conftest import bits
 COMPILED, REFERENCE = array_class("compiled"), array_class("reference")
 
 
-def tiled() -> int:
-    return _engine._arena_stats()["tiled_outputs"]
+def copied() -> int:
+    return _engine._arena_stats()["row_copied_outputs"]
 
 
 def flat(x: Any) -> list:
@@ -49,7 +51,7 @@ def matmul(M, rng):
     return (c.tanh()).sum(), [a, b, c]
 
 
-def dense_layer(M, rng):  # the outputs that share an x row tile: the common row holds the bias
+def dense_layer(M, rng):  # groups of outputs share an x row; their own rows hold the bias
     x, w, b = M(uniform(rng, 44, 40)), M(uniform(rng, 36, 40)), M(uniform(rng, 36))
     out = dense(x, w, b)
     return out.tanh().sum(), [x, w, b, out]
@@ -69,8 +71,13 @@ def two_layers(M, rng):
     return dense(h, w2, b2).tanh().sum() + (h * h).sum(), [x, w1, b1, w2, b2, h]
 
 
-def ragged(M, rng):  # 38 rows: nine tiles of four, then two rows alone
+def ragged(M, rng):  # rows of 30 outputs: seven groups of four, then two outputs alone
     a, b = M(uniform(rng, 38, 40)), M(uniform(rng, 40, 30))
+    return (a @ b).tanh().sum(), [a, b]
+
+
+def one_column(M, rng):  # 36 outputs, 37 rows: each row read about twice, not worth a copy
+    a, b = M(uniform(rng, 36, 40)), M(uniform(rng, 40, 1))
     return (a @ b).tanh().sum(), [a, b]
 
 
@@ -134,8 +141,8 @@ def repeated_in_a_row(M, rng):  # a row that holds one Value twice
     return (twice @ b).tanh().sum(), [rows, b]
 
 
-# Graphs that share rows in every way MLArray allows (from a review of the tiles): the tiles
-# may or may not run; the bits must be the plain order's.
+# Graphs that share rows in every way MLArray allows (from a review of the tiles this sweep
+# once had): the copies may or may not be used; the bits must be the plain order's.
 
 def chained(M, rng):  # linear outputs are the x rows / w rows of later matmuls
     a, b, c, d = M(uniform(rng, 36, 40)), M(uniform(rng, 40, 36)), M(uniform(rng, 36, 36)), M(uniform(rng, 36, 36))
@@ -228,33 +235,35 @@ ADVERSARIAL = [chained, mixed_int_float_gradients, used_twice, repeated_rows, br
                batch_ends_inside_a_run, other_orders, two_matmuls_interleaved, deep_chain,
                width_boundary]
 
-TILED = [matmul, dense_layer, batched, ragged, more_than_a_batch, specials, int_data, shared_operand]
-UNTILED = [two_layers, interleaved_reader, int_gradients, self_product, with_transpose,
-           repeated_bias, repeated_in_a_row]
+ROW_COPIED = [matmul, dense_layer, batched, ragged, more_than_a_batch, specials, int_data,
+              shared_operand]
+NODE_BY_NODE = [two_layers, interleaved_reader, int_gradients, self_product, with_transpose,
+                repeated_bias, repeated_in_a_row, one_column]
 
 
 def both_engines(graph: Callable, seed: int = 0) -> tuple[list, list, int]:
-    """The gradient bits the graph gets from each engine, and the compiled run's tiled outputs."""
+    """The gradient bits the graph gets from each engine, and how many of the compiled run's
+    outputs ran on copied rows."""
     ref_loss, ref_arrays = graph(REFERENCE, np.random.default_rng(seed))
     ref_loss.backward()
     loss, arrays = graph(COMPILED, np.random.default_rng(seed))
-    before = tiled()
+    before = copied()
     loss.backward()
-    return grad_bits(arrays), grad_bits(ref_arrays), tiled() - before
+    return grad_bits(arrays), grad_bits(ref_arrays), copied() - before
 
 
-@pytest.mark.parametrize("graph", TILED, ids=lambda g: g.__name__)
-def test_tiled_backward_gives_the_plain_sweeps_bits(graph):
-    got, want, tiles = both_engines(graph)
+@pytest.mark.parametrize("graph", ROW_COPIED, ids=lambda g: g.__name__)
+def test_backward_on_copied_rows_gives_the_plain_sweeps_bits(graph):
+    got, want, outputs = both_engines(graph)
     assert got == want
-    assert tiles > 0
+    assert outputs > 0
 
 
-@pytest.mark.parametrize("graph", UNTILED, ids=lambda g: g.__name__)
-def test_graphs_that_cannot_tile_fall_back_to_the_plain_order(graph):
-    got, want, tiles = both_engines(graph)
+@pytest.mark.parametrize("graph", NODE_BY_NODE, ids=lambda g: g.__name__)
+def test_graphs_that_cannot_batch_fall_back_to_the_plain_order(graph):
+    got, want, outputs = both_engines(graph)
     assert got == want
-    assert tiles == 0
+    assert outputs == 0
 
 
 @pytest.mark.parametrize("graph", ADVERSARIAL, ids=lambda g: g.__name__)
@@ -284,7 +293,7 @@ def test_a_second_backward_and_a_replayed_one_give_the_plain_sweeps_bits(graph):
 
 
 def test_python_backward_anywhere_takes_the_plain_order():
-    """A Python-defined _backward in the graph: the sweep runs node by node (no tiles)."""
+    """A Python-defined _backward in the graph: the sweep runs node by node (no copies)."""
     def graph(M, rng):
         a, b = M(uniform(rng, 36, 40)), M(uniform(rng, 40, 36))
         y = a @ b
@@ -296,16 +305,17 @@ def test_python_backward_anywhere_takes_the_plain_order():
         out._backward = _backward
         return (y * 0.5).sum() + out, [a, b, y]
 
-    got, want, tiles = both_engines(graph)
+    got, want, outputs = both_engines(graph)
     assert got == want
-    assert tiles == 0
+    assert outputs == 0
 
 
-def test_the_tiles_that_can_run_do_when_others_cannot():
-    """Most outputs of a 38-row matmul tile (nine tiles of four rows of 30); the last two rows
-    run alone."""
-    *_, tiles = both_engines(ragged)
-    assert tiles == 36 * 30
+def test_outputs_outside_a_group_of_four_run_on_the_copies_too():
+    """A 38 x 30 matmul's outputs all run on copied rows: seven groups of four that share a w row
+    in each row of outputs, and the two left over one at a time."""
+    got, want, outputs = both_engines(ragged)
+    assert got == want
+    assert outputs == 38 * 30
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -330,24 +340,24 @@ def test_random_grids_give_the_plain_sweeps_bits(seed):
 
 @pytest.mark.parametrize("marks_before", range(8))
 def test_the_visit_mark_may_wrap_anywhere_in_a_backward(marks_before):
-    """The sweep takes fresh marks for every batch and tile: a wrap-around (which clears every
-    mark) at any of them leaves the gradients as they are."""
+    """The sweep takes fresh marks for every batch and for placing its rows: a wrap-around (which
+    clears every mark) at any of them leaves the gradients as they are."""
     _engine._force_epoch_wrap(marks_before)
-    got, want, tiles = both_engines(shared_operand)
+    got, want, outputs = both_engines(shared_operand)
     assert got == want
-    assert tiles > 0
+    assert outputs > 0
 
 
-def test_replayed_backward_tiles_too_and_gives_the_same_bits():
+def test_replayed_backward_copies_rows_too_and_gives_the_same_bits():
     loss, arrays = matmul(COMPILED, np.random.default_rng(3))
     loss.backward()
     first = grad_bits(arrays)
     graph = Graph(loss)
     for a in arrays:
         a.zero_grad()
-    before = tiled()
+    before = copied()
     graph.backward()
-    assert tiled() > before
+    assert copied() > before
     assert grad_bits(arrays) == first
     graph.close()
 

@@ -67,7 +67,7 @@ A.allocations = 0
 A.reuses = 0
 cdef unsigned long long py_backward_sets = 0  # `_backward` assignments so far (replay checks it)
 cdef Py_ssize_t live_blocks = 0  # shared blocks of children (KidBlock) allocated, not yet freed
-cdef Py_ssize_t tiled_outputs = 0  # matmul nodes whose backward ran in a tile (_sweep.pxi)
+cdef Py_ssize_t row_copied_outputs = 0  # matmul nodes whose backward ran on copied rows (_sweep.pxi)
 
 
 # ===================================================================================== the arena
@@ -1652,7 +1652,7 @@ def _arena_stats():
         "reuses": A.reuses,
         "node_bytes": sizeof(Node),
         "shared_blocks": live_blocks,
-        "tiled_outputs": tiled_outputs,
+        "row_copied_outputs": row_copied_outputs,
     }
 
 

@@ -2,11 +2,12 @@
 # Graph.backward() when no node has a Python-defined _backward).
 #
 # A big matmul's backward is bound by memory, not arithmetic: output (i, j) of a @ b adds into
-# the gradients of a's row i and of b's column j, whose nodes are far apart. In reverse
-# topological order -- (i, j), (i, j-1), ... -- each output fetches a whole column from L2 and
-# uses it once. So the sweep defers the 'linear' nodes that share operand rows (array_matmul's
-# KidBlocks) and applies them TILE at a time: TILE outputs that read the same row (b's column
-# j, for TILE rows i) make one pass over it.
+# the gradients of a's row i and of b's column j, whose nodes are 64 bytes apart each and far
+# from one another. So the sweep defers the 'linear' nodes that share operand rows
+# (array_matmul's KidBlocks), then applies the batch through dense copies of those rows: each
+# block's data and gradients are copied into a buffer once, every deferred output adds into
+# the copies (contiguous doubles: vector loads, and four outputs that share a row load and store
+# it once), and the gradients are copied back.
 #
 # The gradients stay the same bits: every gradient receives its contributions in the same order
 # as in the plain sweep, because
@@ -14,20 +15,22 @@
 #     target, or that would add into one, ends the batch: the batch is applied before it. So
 #     deferring only moves work past nodes that neither read nor write what it writes;
 #   * a target belongs to one block of the batch, once (a second sighting ends the batch), so
-#     the outputs of a tile add into distinct nodes except through the blocks they share;
-#   * a tile is TILE runs of equal length, each run sharing one block (distinct across the runs)
-#     and all runs reading the same sequence of other blocks (distinct within a run): each run
-#     keeps its order, and each shared "other" block receives run 0's contribution, then run
-#     1's, ..., as in the plain sweep.
+#     the copies of two blocks never hold the same node, and a copy is the node's only copy;
+#   * the outputs are applied in batch order (the plain order), each adding into its own two
+#     rows; four outputs applied together share one row, which receives their contributions
+#     in their order, and have four distinct other rows, one contribution each.
 
 cdef enum:
-    TILE = 4             # outputs applied together (linear_tile is written for 4)
-    MAX_BATCH = 8192     # deferred nodes at most (the static buffer below)
+    GROUP = 4            # outputs sharing a row applied together (mg_rows_four is written for 4)
+    MAX_BATCH = 8192     # deferred nodes at most (the static buffers below)
     MIN_DEFER_KIDS = 64  # rows under 32 wide are cheap to re-read: not worth marking
-    GIVE_UP = 4          # batches in a row without a tile: the graph's order does not tile
+    MIN_READS = 4        # copy a batch's rows only if each is read this often on average
+    GIVE_UP = 4          # batches in a row not worth copying: the graph's order does not batch
                          # (an MLP's reverse order takes one sample at a time), stop marking
 
-cdef int32_t deferred[MAX_BATCH]  # the batch (used only inside backward_sweep, GIL held)
+# Used only inside backward_sweep (GIL held): the batch, and its distinct blocks.
+cdef int32_t deferred[MAX_BATCH]
+cdef KidBlock* batch_blocks[2 * MAX_BATCH]
 
 
 cdef inline bint deferrable(Node* n) noexcept nogil:
@@ -91,135 +94,186 @@ cdef inline KidBlock* other_block(Node* n, bint by_w) noexcept nogil:
     return n.aux.block if by_w else n.kids.block
 
 
-cdef Py_ssize_t row_run(Node* nodes, int32_t* batch, Py_ssize_t size, bint* by_w) noexcept nogil:
-    """The length of the run of deferred nodes that share batch[0]'s w row (*by_w) or x row."""
-    cdef Node* first = &nodes[batch[0]]
-    cdef Py_ssize_t run = 1
-    if size < 2:
-        return 1
-    by_w[0] = nodes[batch[1]].kids.block == first.kids.block
-    if not by_w[0] and nodes[batch[1]].aux.block != first.aux.block:
-        return 1
-    while run < size and run_block(&nodes[batch[run]], by_w[0]) == run_block(first, by_w[0]):
-        run += 1
-    return run
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !defined(__clang__)
+    /* GCC's -O2 vectorizes only loops whose trip count is a known multiple of the vector width:
+       let these two pay for an epilogue (clang and MSVC vectorize them at their default level) */
+    #define MG_VECTORIZE __attribute__((optimize("vect-cost-model=dynamic")))
+    #else
+    #define MG_VECTORIZE
+    #endif
+
+    /* One output's contributions through dense rows s and o (data sd, od; gradients sg, og):
+       sg[k] += od[k] * g and og[k] += sd[k] * g. The rows are copies of distinct nodes. */
+    MG_VECTORIZE static void mg_rows_one(double* restrict sg, const double* restrict sd,
+                                         double* restrict og, const double* restrict od,
+                                         double g, Py_ssize_t m)
+    {
+        for (Py_ssize_t k = 0; k < m; k++) {
+            sg[k] = sg[k] + od[k] * g;
+            og[k] = og[k] + sd[k] * g;
+        }
+    }
+
+    /* Four outputs, in order, that share row s and each have their own row o0..o3: s's
+       gradient receives their contributions one after the other, as one at a time. */
+    MG_VECTORIZE static void mg_rows_four(double* restrict sg, const double* restrict sd,
+        double* restrict og0, const double* restrict od0, double g0,
+        double* restrict og1, const double* restrict od1, double g1,
+        double* restrict og2, const double* restrict od2, double g2,
+        double* restrict og3, const double* restrict od3, double g3, Py_ssize_t m)
+    {
+        for (Py_ssize_t k = 0; k < m; k++) {
+            double s = sd[k], acc = sg[k];
+            acc = acc + od0[k] * g0; og0[k] = og0[k] + s * g0;
+            acc = acc + od1[k] * g1; og1[k] = og1[k] + s * g1;
+            acc = acc + od2[k] * g2; og2[k] = og2[k] + s * g2;
+            acc = acc + od3[k] * g3; og3[k] = og3[k] + s * g3;
+            sg[k] = acc;
+        }
+    }
+    """
+    void mg_rows_one(double* sg, const double* sd, double* og, const double* od, double g,
+                     Py_ssize_t m) noexcept nogil
+    void mg_rows_four(double* sg, const double* sd, double* og0, const double* od0, double g0,
+                      double* og1, const double* od1, double g1, double* og2, const double* od2,
+                      double g2, double* og3, const double* od3, double g3, Py_ssize_t m) noexcept nogil
 
 
-cdef bint tile_fits(Node* nodes, int32_t* batch, Py_ssize_t size, Py_ssize_t run, bint by_w) noexcept:
-    """Whether batch[0 : TILE*run] is TILE runs that can be applied side by side (see the top)."""
-    cdef Py_ssize_t r, s, p
-    cdef KidBlock* shared[TILE]
-    cdef KidBlock* other
-    cdef uint32_t stamp
-    if run < 2 or TILE * run > size:
+ctypedef struct RowBuffer:
+    double* data       # every block's row of data, block.row onwards ...
+    double* grad       # ... and of gradients, at the same offset
+    Py_ssize_t capacity  # doubles in each (grown by a batch that needs more, freed by the sweep)
+
+
+cdef Py_ssize_t place_rows(Node* nodes, int32_t* batch, Py_ssize_t size, Py_ssize_t* nblocks) noexcept:
+    """List the batch's distinct blocks in batch_blocks (*nblocks) and give each its place in
+    the rows (block.row); returns the rows' total length."""
+    cdef uint32_t stamp = next_epoch()  # the batch is complete: its block marks are spent
+    cdef Py_ssize_t t, total = 0, count = 0
+    cdef KidBlock* block
+    cdef int side
+    for t in range(size):
+        for side in range(2):
+            block = nodes[batch[t]].kids.block if side == 0 else nodes[batch[t]].aux.block
+            if block.mark != stamp:
+                block.mark = stamp
+                block.row = total
+                total += block.n
+                batch_blocks[count] = block
+                count += 1
+    nblocks[0] = count
+    return total
+
+
+cdef bint reserve_rows(RowBuffer* rows, Py_ssize_t total) noexcept:
+    """Room for `total` doubles of data and of gradients; False when out of memory."""
+    cdef double* p
+    if total <= rows.capacity:
+        return True
+    p = <double*>realloc(rows.data, <size_t>total * sizeof(double))
+    if p == NULL:
         return False
-    for r in range(TILE):
-        shared[r] = run_block(&nodes[batch[r * run]], by_w)
-        for s in range(r):
-            if shared[s] == shared[r]:
-                return False
-        for p in range(run):
-            if run_block(&nodes[batch[r * run + p]], by_w) != shared[r]:
-                return False
-            if other_block(&nodes[batch[r * run + p]], by_w) != other_block(&nodes[batch[p]], by_w):
-                return False
-    # Distinct other blocks within the run: array_matmul makes one node per pair of rows, so
-    # this holds today; checked because the order argument rests on it.
-    stamp = next_epoch()  # the batch is complete: its block marks are no longer needed
-    for p in range(run):
-        other = other_block(&nodes[batch[p]], by_w)
-        if other.mark == stamp:
-            return False
-        other.mark = stamp
+    rows.data = p
+    p = <double*>realloc(rows.grad, <size_t>total * sizeof(double))
+    if p == NULL:
+        return False
+    rows.grad = p
+    rows.capacity = total
     return True
 
 
-cdef void linear_tile(Node* nodes, int32_t* outs, Py_ssize_t stride, bint by_w) noexcept nogil:
-    """linear_local_backward of the TILE (4) outputs outs[0], outs[stride], ... which share one
-    block, their other blocks distinct and disjoint from it: each shared node is loaded once
-    and its gradient receives the outputs' contributions in their order. Plain float additions:
-    join_block cleared the children's int flags."""
-    cdef Node* out0 = &nodes[outs[0]]
-    cdef Node* out1 = &nodes[outs[stride]]
-    cdef Node* out2 = &nodes[outs[2 * stride]]
-    cdef Node* out3 = &nodes[outs[3 * stride]]
-    cdef double g0 = out0.grad, g1 = out1.grad, g2 = out2.grad, g3 = out3.grad
-    cdef int32_t has_bias = out0.nkids & 1, m = out0.nkids >> 1, k
-    cdef int32_t* common
-    cdef int32_t* r0
-    cdef int32_t* r1
-    cdef int32_t* r2
-    cdef int32_t* r3
-    cdef Node* c
-    cdef Node* o0
-    cdef Node* o1
-    cdef Node* o2
-    cdef Node* o3
-    cdef double cd, cg
-    if by_w:  # the outputs share an x row; each has its own [bias,] w row
-        common = out0.aux.block.kids
-        r0 = out0.kids.block.kids
-        r1 = out1.kids.block.kids
-        r2 = out2.kids.block.kids
-        r3 = out3.kids.block.kids
-        if has_bias:
-            nodes[r0[0]].grad = nodes[r0[0]].grad + g0
-            nodes[r1[0]].grad = nodes[r1[0]].grad + g1
-            nodes[r2[0]].grad = nodes[r2[0]].grad + g2
-            nodes[r3[0]].grad = nodes[r3[0]].grad + g3
-            r0 += 1
-            r1 += 1
-            r2 += 1
-            r3 += 1
-    else:  # the outputs share a [bias,] w row; each has its own x row
-        common = out0.kids.block.kids
-        r0 = out0.aux.block.kids
-        r1 = out1.aux.block.kids
-        r2 = out2.aux.block.kids
-        r3 = out3.aux.block.kids
-        if has_bias:
-            c = &nodes[common[0]]
-            c.grad = c.grad + g0 + g1 + g2 + g3  # (left to right, as one at a time)
-            common += 1
-    for k in range(m):  # (join_block cleared every child's int flag)
-        c = &nodes[common[k]]
-        o0 = &nodes[r0[k]]
-        o1 = &nodes[r1[k]]
-        o2 = &nodes[r2[k]]
-        o3 = &nodes[r3[k]]
-        cd = c.data
-        # w.grad += x.data * g and x.grad += w.data * g, whichever of w and x is shared
-        o0.grad = o0.grad + cd * g0
-        o1.grad = o1.grad + cd * g1
-        o2.grad = o2.grad + cd * g2
-        o3.grad = o3.grad + cd * g3
-        cg = c.grad + o0.data * g0
-        cg = cg + o1.data * g1
-        cg = cg + o2.data * g2
-        c.grad = cg + o3.data * g3
+cdef Py_ssize_t group_of(Node* nodes, int32_t* batch, Py_ssize_t size, bint* by_w) noexcept nogil:
+    """GROUP when batch[0 : GROUP] share one block (their w row when *by_w, else their x row)
+    and have distinct other blocks; else 1 (*by_w True)."""
+    cdef Py_ssize_t u, v
+    cdef Node* first = &nodes[batch[0]]
+    by_w[0] = True
+    if size < GROUP:
+        return 1
+    by_w[0] = nodes[batch[1]].kids.block == first.kids.block
+    for u in range(1, GROUP):
+        if run_block(&nodes[batch[u]], by_w[0]) != run_block(first, by_w[0]):
+            by_w[0] = True
+            return 1
+        for v in range(u):
+            if other_block(&nodes[batch[u]], by_w[0]) == other_block(&nodes[batch[v]], by_w[0]):
+                by_w[0] = True
+                return 1
+    return GROUP
 
 
-cdef Py_ssize_t apply_batch(Node* nodes, int32_t* batch, Py_ssize_t size) noexcept:
-    """The deferred nodes' local backward: in tiles where the runs line up, else in order.
-    Returns how many ran in tiles."""
-    global tiled_outputs
-    cdef Py_ssize_t t = 0, run, p, in_tiles = 0
-    cdef bint by_w = True
+cdef void apply_rows(Node* nodes, int32_t* batch, Py_ssize_t size, RowBuffer* rows) noexcept nogil:
+    """linear_local_backward of the batch's outputs, in order, on the copied rows: a w row is
+    [bias,] w[0..m), an x row x[0..m). Plain float additions: join_block cleared every child's
+    int flag, and every deferred output's gradient is a float."""
+    cdef Py_ssize_t t = 0, count, u, own
+    cdef bint by_w
     cdef Node* n
+    cdef KidBlock* shared
+    cdef KidBlock* other[GROUP]
+    cdef Py_ssize_t at[GROUP]
+    cdef double g[GROUP]
+    cdef double* sd
+    cdef double* sg
+    cdef int32_t has_bias, m
     while t < size:
-        run = row_run(nodes, batch + t, size - t, &by_w)
-        if tile_fits(nodes, batch + t, size - t, run, by_w):
-            for p in range(run):
-                linear_tile(nodes, batch + t + p, run, by_w)
-            t += TILE * run
-            in_tiles += TILE * run
+        n = &nodes[batch[t]]
+        has_bias = n.nkids & 1
+        m = n.nkids >> 1
+        count = group_of(nodes, batch + t, size - t, &by_w)
+        shared = run_block(n, by_w)
+        sd = rows.data + shared.row
+        sg = rows.grad + shared.row
+        own = 0 if by_w else has_bias  # where the products start in the other rows
+        for u in range(count):
+            g[u] = nodes[batch[t + u]].grad
+            other[u] = other_block(&nodes[batch[t + u]], by_w)
+            at[u] = other[u].row + own
+            if has_bias and not by_w:  # the other rows are [bias,] w: bias.grad += g
+                rows.grad[other[u].row] = rows.grad[other[u].row] + g[u]
+        if has_bias and by_w:  # the shared row is [bias,] w
+            for u in range(count):
+                sg[0] = sg[0] + g[u]
+            sd += 1
+            sg += 1
+        if count == 1:
+            mg_rows_one(sg, sd, rows.grad + at[0], rows.data + at[0], g[0], m)
         else:
-            for p in range(t, t + run):
-                n = &nodes[batch[p]]
-                linear_local_backward(nodes, n, n.grad, False)
-            t += run
-    tiled_outputs += in_tiles
-    return in_tiles
+            mg_rows_four(sg, sd, rows.grad + at[0], rows.data + at[0], g[0],
+                         rows.grad + at[1], rows.data + at[1], g[1],
+                         rows.grad + at[2], rows.data + at[2], g[2],
+                         rows.grad + at[3], rows.data + at[3], g[3], m)
+        t += count
+
+
+cdef Py_ssize_t apply_batch(Node* nodes, int32_t* batch, Py_ssize_t size, RowBuffer* rows) noexcept:
+    """The deferred nodes' local backward, in batch order: through copies of their rows when
+    each row is read often enough to pay for its copy (and memory allows), else node by node.
+    Returns how many ran on copies."""
+    global row_copied_outputs
+    cdef Py_ssize_t nblocks, b, k, t
+    cdef Py_ssize_t total = place_rows(nodes, batch, size, &nblocks)
+    cdef KidBlock* block
+    cdef Node* n
+    if 2 * size < MIN_READS * nblocks or not reserve_rows(rows, total):
+        for t in range(size):
+            n = &nodes[batch[t]]
+            linear_local_backward(nodes, n, n.grad, False)
+        return 0
+    for b in range(nblocks):
+        block = batch_blocks[b]
+        for k in range(block.n):
+            rows.data[block.row + k] = nodes[block.kids[k]].data
+            rows.grad[block.row + k] = nodes[block.kids[k]].grad
+    apply_rows(nodes, batch, size, rows)
+    for b in range(nblocks):
+        block = batch_blocks[b]
+        for k in range(block.n):
+            nodes[block.kids[k]].grad = rows.grad[block.row + k]
+    row_copied_outputs += size
+    return size
 
 
 cdef void backward_sweep(Node* nodes, int32_t* order, Py_ssize_t count) noexcept:
@@ -227,7 +281,11 @@ cdef void backward_sweep(Node* nodes, int32_t* order, Py_ssize_t count) noexcept
     cdef Py_ssize_t k = count - 1, size
     cdef Node* n
     cdef uint32_t epoch
-    cdef int fruitless = 0  # batches in a row that made no tile
+    cdef int fruitless = 0  # batches in a row not worth copying
+    cdef RowBuffer rows
+    rows.data = NULL
+    rows.grad = NULL
+    rows.capacity = 0
     while k >= 0:
         n = &nodes[order[k]]
         if fruitless >= GIVE_UP or not deferrable(n):
@@ -255,7 +313,9 @@ cdef void backward_sweep(Node* nodes, int32_t* order, Py_ssize_t count) noexcept
             builtin_local_backward(nodes, order[k])
             k -= 1
             fruitless += 1
-        elif apply_batch(nodes, deferred, size):
+        elif apply_batch(nodes, deferred, size, &rows):
             fruitless = 0
         else:
             fruitless += 1
+    free(rows.data)
+    free(rows.grad)
