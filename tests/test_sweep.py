@@ -1,9 +1,9 @@
 """backward()'s batches of matmul outputs (_sweep.pxi) against the plain sweep: the same
 gradients, bit for bit.
 
-The compiled engine defers wide matmul nodes (shared operand rows of 32 or more) and applies a
-batch of them on dense copies of their rows (four outputs that share a row together); the
-reference engine applies every node alone in reverse topological order, as micrograd does. Each
+The compiled engine defers the contributions of wide matmul nodes (shared operand rows of 32
+or more) into their rows of leaves and applies a batch of them on dense copies of the rows
+(four outputs that share a row together), making the others at once; the reference engine applies every node alone in reverse topological order, as micrograd does. Each
 graph below is built by both engines from the same numbers and every gradient must be the same
 bits -- whatever the graph shares between its rows, whoever else reads the rows, however many
 nodes are deferred and wherever the visit mark wraps around. The `row_copied_outputs` counter
@@ -64,7 +64,8 @@ def batched(M, rng):
 
 def two_layers(M, rng):
     # Layer 2's x rows are layer 1's outputs, and the order takes one sample at a time (layer 2,
-    # then layer 1, for sample n): every batch ends at the sample's h row, one run long.
+    # then layer 1, for sample n): the contributions into the weights and the inputs (leaves)
+    # wait in the batch, those into h are made at once.
     x = M(uniform(rng, 24, 40))
     w1, b1, w2, b2 = M(uniform(rng, 36, 40)), M(uniform(rng, 36)), M(uniform(rng, 32, 36)), M(uniform(rng, 32))
     h = dense(x, w1, b1).tanh()
@@ -74,6 +75,16 @@ def two_layers(M, rng):
 def ragged(M, rng):  # rows of 30 outputs: seven groups of four, then two outputs alone
     a, b = M(uniform(rng, 38, 40)), M(uniform(rng, 40, 30))
     return (a @ b).tanh().sum(), [a, b]
+
+
+def nonleaf_operand(M, rng):  # a's rows are op nodes: only b's side waits in the batch
+    a, b = M(uniform(rng, 36, 40)), M(uniform(rng, 40, 36))
+    return ((a * 1.0) @ b).tanh().sum(), [a, b]
+
+
+def nonleaf_operands(M, rng):  # neither side is leaves: nothing to defer
+    a, b = M(uniform(rng, 36, 40)), M(uniform(rng, 40, 36))
+    return ((a * 1.0) @ (b * 1.0)).tanh().sum(), [a, b]
 
 
 def one_column(M, rng):  # 36 outputs, 37 rows: each row read about twice, not worth a copy
@@ -224,6 +235,26 @@ def deep_chain(M, rng):  # each product's rows are the next one's w rows
     return (y * 0.5).sum(), [a, b]
 
 
+def mixed_rows(M, rng):  # w rows of leaves and op nodes: not rows of leaves, made at once
+    a, b = M(uniform(rng, 36, 40)), M(uniform(rng, 40, 36))
+    mixed = M([[a[i, k] if k % 3 else a[i, k] * 0.5 for k in range(40)] for i in range(36)])
+    return (mixed @ b).tanh().sum(), [a, b]
+
+
+def leaf_in_both_rows(M, rng):
+    # w rows that mix op nodes with b's own leaves: the w side, made at once, adds into nodes
+    # whose contributions through b's columns wait in the batch
+    a, b = M(uniform(rng, 36, 40)), M(uniform(rng, 40, 36))
+    mixed = M([[b[k, i] if k % 5 == 0 else a[i, k] * 1.0 for k in range(40)] for i in range(36)])
+    return (mixed @ b).tanh().sum(), [a, b]
+
+
+def one_weight_two_layers(M, rng):  # the same leaves in the rows of two matmuls
+    x, w = M(uniform(rng, 24, 36)), M(uniform(rng, 36, 36))
+    h = dense(x, w).tanh()
+    return dense(h, w).tanh().sum() + (dense(x, w) * 0.5).sum(), [x, w, h]
+
+
 def width_boundary(M, rng):  # 31 wide with a bias (63 children: not deferred) and 32 wide (64)
     x, w, b = M(uniform(rng, 24, 31)), M(uniform(rng, 36, 31)), M(uniform(rng, 36))
     x2, w2 = M(uniform(rng, 24, 32)), M(uniform(rng, 36, 32))
@@ -233,12 +264,12 @@ def width_boundary(M, rng):  # 31 wide with a bias (63 children: not deferred) a
 ADVERSARIAL = [chained, mixed_int_float_gradients, used_twice, repeated_rows, broadcast_batches,
                views_of_one_array, biases_in_the_rows, elements_mixed_in, negative_zero_gradients,
                batch_ends_inside_a_run, other_orders, two_matmuls_interleaved, deep_chain,
-               width_boundary]
+               mixed_rows, leaf_in_both_rows, one_weight_two_layers, width_boundary]
 
 ROW_COPIED = [matmul, dense_layer, batched, ragged, more_than_a_batch, specials, int_data,
-              shared_operand]
-NODE_BY_NODE = [two_layers, interleaved_reader, int_gradients, self_product, with_transpose,
-                repeated_bias, repeated_in_a_row, one_column]
+              shared_operand, two_layers, nonleaf_operand]
+NODE_BY_NODE = [interleaved_reader, int_gradients, self_product, with_transpose, repeated_bias,
+                repeated_in_a_row, one_column, nonleaf_operands]
 
 
 def both_engines(graph: Callable, seed: int = 0) -> tuple[list, list, int]:

@@ -586,6 +586,7 @@ cdef KidBlock** new_blocks(Py_ssize_t count, int32_t n) except NULL:
         blocks[r].refcnt = 0
         blocks[r].mark = 0
         blocks[r].n = n
+        blocks[r].nleaves = 0
         blocks[r].kids = <int32_t*>(blocks[r] + 1)  # the children follow the struct
     return blocks
 
@@ -805,10 +806,12 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
             memcpy(w_blocks[e].kids + has_bias, wr.nodes + e * m, <size_t>m * sizeof(int32_t))
             for k in range(w_blocks[e].n):
                 nodes[w_blocks[e].kids[k]].refcnt += 1
+                w_blocks[e].nleaves += nodes[w_blocks[e].kids[k]].nkids == 0
         for e in range(xp.n):
             memcpy(x_blocks[e].kids, xr.nodes + e * m, <size_t>m * sizeof(int32_t))
             for k in range(m):
                 nodes[x_blocks[e].kids[k]].refcnt += 1
+                x_blocks[e].nleaves += nodes[x_blocks[e].kids[k]].nkids == 0
     else:  # each node references its (at most two) children itself
         for e in range(wp.n * m):  # every w node is read by the Q outputs of its row's batch
             nodes[wr.nodes[e]].refcnt += <uint32_t>Q

@@ -59,6 +59,8 @@ ctypedef struct KidBlock:
     uint32_t refcnt      # the nodes whose children include this block
     uint32_t mark        # the topological sort's visit epoch: a block is scanned once per sort
     int32_t n
+    int32_t nleaves      # how many of the children are leaves (nkids 0): the backward sweep
+                         # defers the gradients of a row of leaves only
     Py_ssize_t row       # the backward sweep's scratch: where its copy starts in the batch's rows
     int32_t* kids        # the n children (stored right after the struct, in the same malloc)
 

@@ -1,29 +1,31 @@
 # The backward sweep: every ordered node's local backward, last to first (backward() and
 # Graph.backward() when no node has a Python-defined _backward).
 #
-# A big matmul's backward is bound by memory, not arithmetic: output (i, j) of a @ b adds into
-# the gradients of a's row i and of b's column j, whose nodes are 64 bytes apart each and far
-# from one another. So the sweep defers the 'linear' nodes that share operand rows
-# (array_matmul's KidBlocks), then applies the batch through dense copies of those rows: each
-# block's data and gradients are copied into a buffer once, every deferred output adds into
-# the copies (contiguous doubles: vector loads, and four outputs that share a row load and store
-# it once), and the gradients are copied back.
+# A matmul's or dense layer's backward is bound by memory, not arithmetic: output (i, j) of
+# a @ b adds into the gradients of a's row i and of b's column j, nodes 64 bytes apart and far
+# from one another, and in the reverse topological order an MLP's layer takes one sample at a
+# time. But no node's local backward reads another node's gradient: a leaf's gradient is only
+# written during the sweep. So the sweep defers the contributions of the 'linear' nodes over
+# shared rows (array_matmul's KidBlocks) into rows made only of leaves -- the weights, the
+# inputs -- and applies them in a batch, on dense copies of the rows: each row's data (and, for
+# a leaf row, its gradients) copied once, every deferred output adding into the copies
+# (contiguous doubles: vector loads; four outputs that share a row load and store it once), and
+# the gradients copied back. The contributions into other rows (an activation's row) are made
+# at once, in the plain order, as they must be: the nodes below read those gradients.
 #
 # The gradients stay the same bits: every gradient receives its contributions in the same order
 # as in the plain sweep, because
-#   * the children of the deferred nodes (the batch's targets) are marked, and a node that is a
-#     target, or that would add into one, ends the batch: the batch is applied before it. So
-#     deferring only moves work past nodes that neither read nor write what it writes;
-#   * a target belongs to one block of the batch, once (a second sighting ends the batch), so
-#     the copies of two blocks never hold the same node, and a copy is the node's only copy;
-#   * the outputs are applied in batch order (the plain order), each adding into its own two
-#     rows; four outputs applied together share one row, which receives their contributions
-#     in their order, and have four distinct other rows, one contribution each.
-
+#   * the nodes of the deferred rows (the batch's targets) are marked, and a node that would
+#     add into one ends the batch: the batch is applied before it. The targets are leaves, which
+#     nothing else reads, so deferring only moves their additions past nodes that neither read
+#     nor write them;
+#   * a target belongs to one row of the batch, once (a second sighting ends the batch), so the
+#     copies of two rows never hold the same node, and a copy is the node's only copy;
+#   * the outputs are applied in batch order (the plain order), each adding into its own rows.
 cdef enum:
-    GROUP = 4            # outputs sharing a row applied together (mg_rows_four is written for 4)
+    GROUP = 4            # outputs sharing a row applied together (mg_axpy4 is written for 4)
     MAX_BATCH = 8192     # deferred nodes at most (the static buffers below)
-    MIN_DEFER_KIDS = 64  # rows under 32 wide are cheap to re-read: not worth marking
+    MIN_DEFER_KIDS = 64  # rows under 32 wide are cheap to apply at once: not worth deferring
     MIN_READS = 4        # copy a batch's rows only if each is read this often on average
     GIVE_UP = 4          # batches in a row not worth copying: the graph's order does not batch
                          # (an MLP's reverse order takes one sample at a time), stop marking
@@ -33,10 +35,16 @@ cdef int32_t deferred[MAX_BATCH]
 cdef KidBlock* batch_blocks[2 * MAX_BATCH]
 
 
+cdef inline bint leaf_row(KidBlock* block) noexcept nogil:
+    """Every node of the block is a leaf: its gradients may be deferred."""
+    return block.nleaves == block.n
+
+
 cdef inline bint deferrable(Node* n) noexcept nogil:
-    """A matmul node over wide shared rows whose local backward is plain float arithmetic (its
-    gradient is a float, so every contribution it makes is one)."""
-    return (n.flags & (F_SHARED_KIDS | F_GRAD_INT)) == F_SHARED_KIDS and n.nkids >= MIN_DEFER_KIDS
+    """A matmul node over shared rows, one of them leaves only, whose local backward is plain
+    float arithmetic (its gradient is a float, so every contribution it makes is one)."""
+    return ((n.flags & (F_SHARED_KIDS | F_GRAD_INT)) == F_SHARED_KIDS and n.nkids >= MIN_DEFER_KIDS
+            and (leaf_row(n.kids.block) or leaf_row(n.aux.block)))
 
 
 cdef inline bint is_target(uint32_t mark, uint32_t epoch) noexcept nogil:
@@ -78,6 +86,17 @@ cdef inline bint join_block(Node* nodes, KidBlock* block, uint32_t role, uint32_
     return True
 
 
+cdef inline bint block_in_batch(Node* nodes, KidBlock* block, uint32_t epoch) noexcept nogil:
+    """Whether a node of the block is one of the batch's targets (which are leaves)."""
+    cdef int32_t k
+    if block.nleaves == 0:
+        return False
+    for k in range(block.n):
+        if is_target(nodes[block.kids[k]].mark, epoch):
+            return True
+    return False
+
+
 cdef inline bint adds_into_batch(Node* nodes, Node* n, uint32_t epoch) noexcept nogil:
     cdef int32_t k
     for k in range(n.nkids):
@@ -94,56 +113,84 @@ cdef inline KidBlock* other_block(Node* n, bint by_w) noexcept nogil:
     return n.aux.block if by_w else n.kids.block
 
 
+cdef void linear_side(Node* nodes, Node* out, bint w_side) noexcept nogil:
+    """Half of linear_local_backward for a float gradient: the contributions into the w row
+    ([bias,] w: bias.grad += g, w[k].grad += x[k].data * g) or into the x row (x[k].grad +=
+    w[k].data * g)."""
+    cdef int32_t has_bias = out.nkids & 1, m = out.nkids >> 1, k
+    cdef int32_t* x_kids
+    cdef int32_t* w_kids = linear_rows(out, &x_kids)
+    cdef double g = out.grad
+    if w_side:
+        if has_bias:
+            accumulate(&nodes[w_kids[0]], g, False)
+        for k in range(m):
+            accumulate(&nodes[w_kids[has_bias + k]], nodes[x_kids[k]].data * g, False)
+    else:
+        for k in range(m):
+            accumulate(&nodes[x_kids[k]], nodes[w_kids[has_bias + k]].data * g, False)
+
+
 cdef extern from *:
     """
     #if defined(__GNUC__) && !defined(__clang__)
     /* GCC's -O2 vectorizes only loops whose trip count is a known multiple of the vector width:
-       let these two pay for an epilogue (clang and MSVC vectorize them at their default level) */
+       let these pay for an epilogue (clang and MSVC vectorize them at their default level) */
     #define MG_VECTORIZE __attribute__((optimize("vect-cost-model=dynamic")))
     #else
     #define MG_VECTORIZE
     #endif
 
-    /* One output's contributions through dense rows s and o (data sd, od; gradients sg, og):
-       sg[k] += od[k] * g and og[k] += sd[k] * g. The rows are copies of distinct nodes. */
-    MG_VECTORIZE static void mg_rows_one(double* restrict sg, const double* restrict sd,
-                                         double* restrict og, const double* restrict od,
-                                         double g, Py_ssize_t m)
+    /* y[k] += x[k] * g: one output's contributions into one copied row of gradients (y), from
+       the other row's copied data (x). y is a row of the gradients' buffer, x of the data's. */
+    MG_VECTORIZE static void mg_axpy(double* restrict y, const double* restrict x, double g,
+                                     Py_ssize_t m)
     {
-        for (Py_ssize_t k = 0; k < m; k++) {
-            sg[k] = sg[k] + od[k] * g;
-            og[k] = og[k] + sd[k] * g;
-        }
+        for (Py_ssize_t k = 0; k < m; k++)
+            y[k] = y[k] + x[k] * g;
     }
 
-    /* Four outputs, in order, that share row s and each have their own row o0..o3: s's
-       gradient receives their contributions one after the other, as one at a time. */
-    MG_VECTORIZE static void mg_rows_four(double* restrict sg, const double* restrict sd,
+    /* mg_axpy for four outputs, in order, into the row y they share: y[k] is loaded and stored
+       once for the four, and receives their contributions one after the other. */
+    MG_VECTORIZE static void mg_axpy4(double* restrict y,
+                                      const double* restrict x0, double g0,
+                                      const double* restrict x1, double g1,
+                                      const double* restrict x2, double g2,
+                                      const double* restrict x3, double g3, Py_ssize_t m)
+    {
+        for (Py_ssize_t k = 0; k < m; k++)
+            y[k] = (((y[k] + x0[k] * g0) + x1[k] * g1) + x2[k] * g2) + x3[k] * g3;
+    }
+
+    /* mg_axpy4 into the shared row s, and mg_axpy from s into each of the four outputs' own
+       rows o0..o3 (distinct), in one pass: s is loaded once for both. */
+    MG_VECTORIZE static void mg_axpy4_both(double* restrict sg, const double* restrict sd,
         double* restrict og0, const double* restrict od0, double g0,
         double* restrict og1, const double* restrict od1, double g1,
         double* restrict og2, const double* restrict od2, double g2,
         double* restrict og3, const double* restrict od3, double g3, Py_ssize_t m)
     {
         for (Py_ssize_t k = 0; k < m; k++) {
-            double s = sd[k], acc = sg[k];
-            acc = acc + od0[k] * g0; og0[k] = og0[k] + s * g0;
-            acc = acc + od1[k] * g1; og1[k] = og1[k] + s * g1;
-            acc = acc + od2[k] * g2; og2[k] = og2[k] + s * g2;
-            acc = acc + od3[k] * g3; og3[k] = og3[k] + s * g3;
-            sg[k] = acc;
+            double s = sd[k];
+            sg[k] = (((sg[k] + od0[k] * g0) + od1[k] * g1) + od2[k] * g2) + od3[k] * g3;
+            og0[k] = og0[k] + s * g0;
+            og1[k] = og1[k] + s * g1;
+            og2[k] = og2[k] + s * g2;
+            og3[k] = og3[k] + s * g3;
         }
     }
     """
-    void mg_rows_one(double* sg, const double* sd, double* og, const double* od, double g,
-                     Py_ssize_t m) noexcept nogil
-    void mg_rows_four(double* sg, const double* sd, double* og0, const double* od0, double g0,
-                      double* og1, const double* od1, double g1, double* og2, const double* od2,
-                      double g2, double* og3, const double* od3, double g3, Py_ssize_t m) noexcept nogil
+    void mg_axpy4_both(double* sg, const double* sd, double* og0, const double* od0, double g0,
+                       double* og1, const double* od1, double g1, double* og2, const double* od2,
+                       double g2, double* og3, const double* od3, double g3, Py_ssize_t m) noexcept nogil
+    void mg_axpy(double* y, const double* x, double g, Py_ssize_t m) noexcept nogil
+    void mg_axpy4(double* y, const double* x0, double g0, const double* x1, double g1,
+                  const double* x2, double g2, const double* x3, double g3, Py_ssize_t m) noexcept nogil
 
 
 ctypedef struct RowBuffer:
     double* data       # every block's row of data, block.row onwards ...
-    double* grad       # ... and of gradients, at the same offset
+    double* grad       # ... and of gradients (those of leaf rows), at the same offset
     Py_ssize_t capacity  # doubles in each (grown by a batch that needs more, freed by the sweep)
 
 
@@ -185,9 +232,9 @@ cdef bint reserve_rows(RowBuffer* rows, Py_ssize_t total) noexcept:
 
 
 cdef Py_ssize_t group_of(Node* nodes, int32_t* batch, Py_ssize_t size, bint* by_w) noexcept nogil:
-    """GROUP when batch[0 : GROUP] share one block (their w row when *by_w, else their x row)
-    and have distinct other blocks; else 1 (*by_w True)."""
-    cdef Py_ssize_t u, v
+    """GROUP when batch[0 : GROUP] share one block (their w row when *by_w, else their x row),
+    else 1 (*by_w True)."""
+    cdef Py_ssize_t u
     cdef Node* first = &nodes[batch[0]]
     by_w[0] = True
     if size < GROUP:
@@ -197,26 +244,35 @@ cdef Py_ssize_t group_of(Node* nodes, int32_t* batch, Py_ssize_t size, bint* by_
         if run_block(&nodes[batch[u]], by_w[0]) != run_block(first, by_w[0]):
             by_w[0] = True
             return 1
-        for v in range(u):
-            if other_block(&nodes[batch[u]], by_w[0]) == other_block(&nodes[batch[v]], by_w[0]):
-                by_w[0] = True
-                return 1
     return GROUP
 
 
+cdef inline bint distinct_leaf_rows(KidBlock** rows) noexcept nogil:
+    """Whether the GROUP blocks are rows of leaves and distinct (mg_axpy4_both writes them all
+    in one pass)."""
+    cdef Py_ssize_t u, v
+    for u in range(GROUP):
+        if not leaf_row(rows[u]):
+            return False
+        for v in range(u):
+            if rows[v] == rows[u]:
+                return False
+    return True
+
+
 cdef void apply_rows(Node* nodes, int32_t* batch, Py_ssize_t size, RowBuffer* rows) noexcept nogil:
-    """linear_local_backward of the batch's outputs, in order, on the copied rows: a w row is
-    [bias,] w[0..m), an x row x[0..m). Plain float additions: join_block cleared every child's
-    int flag, and every deferred output's gradient is a float."""
-    cdef Py_ssize_t t = 0, count, u, own
+    """The deferred contributions of the batch's outputs, in order, into the copied leaf rows: a
+    w row is [bias,] w[0..m), an x row x[0..m). Plain float additions: join_block cleared every
+    target's int flag, and every deferred output's gradient is a float."""
+    cdef Py_ssize_t t = 0, count, u, shared_at, other_skip
     cdef bint by_w
     cdef Node* n
     cdef KidBlock* shared
     cdef KidBlock* other[GROUP]
-    cdef Py_ssize_t at[GROUP]
     cdef double g[GROUP]
-    cdef double* sd
-    cdef double* sg
+    cdef double* og[GROUP]       # the products' part of each output's own row: gradients ...
+    cdef const double* od[GROUP]  # ... and data
+    cdef double* grad = rows.grad
     cdef int32_t has_bias, m
     while t < size:
         n = &nodes[batch[t]]
@@ -224,56 +280,95 @@ cdef void apply_rows(Node* nodes, int32_t* batch, Py_ssize_t size, RowBuffer* ro
         m = n.nkids >> 1
         count = group_of(nodes, batch + t, size - t, &by_w)
         shared = run_block(n, by_w)
-        sd = rows.data + shared.row
-        sg = rows.grad + shared.row
-        own = 0 if by_w else has_bias  # where the products start in the other rows
+        shared_at = shared.row + (has_bias if by_w else 0)  # the products start after a bias
+        other_skip = 0 if by_w else has_bias
         for u in range(count):
             g[u] = nodes[batch[t + u]].grad
             other[u] = other_block(&nodes[batch[t + u]], by_w)
-            at[u] = other[u].row + own
-            if has_bias and not by_w:  # the other rows are [bias,] w: bias.grad += g
-                rows.grad[other[u].row] = rows.grad[other[u].row] + g[u]
-        if has_bias and by_w:  # the shared row is [bias,] w
+            og[u] = grad + other[u].row + other_skip
+            od[u] = rows.data + other[u].row + other_skip
+            if has_bias and not by_w and leaf_row(other[u]):  # its own row holds the bias
+                grad[other[u].row] = grad[other[u].row] + g[u]
+        if has_bias and by_w and leaf_row(shared):  # the shared row holds the bias
             for u in range(count):
-                sg[0] = sg[0] + g[u]
-            sd += 1
-            sg += 1
-        if count == 1:
-            mg_rows_one(sg, sd, rows.grad + at[0], rows.data + at[0], g[0], m)
+                grad[shared.row] = grad[shared.row] + g[u]
+        if count == GROUP and leaf_row(shared) and distinct_leaf_rows(other):
+            mg_axpy4_both(grad + shared_at, rows.data + shared_at, og[0], od[0], g[0],
+                          og[1], od[1], g[1], og[2], od[2], g[2], og[3], od[3], g[3], m)
         else:
-            mg_rows_four(sg, sd, rows.grad + at[0], rows.data + at[0], g[0],
-                         rows.grad + at[1], rows.data + at[1], g[1],
-                         rows.grad + at[2], rows.data + at[2], g[2],
-                         rows.grad + at[3], rows.data + at[3], g[3], m)
+            for u in range(count):  # other.grad[k] += shared.data[k] * g
+                if leaf_row(other[u]):
+                    mg_axpy(og[u], rows.data + shared_at, g[u], m)
+            if leaf_row(shared):  # shared.grad[k] += other.data[k] * g, the outputs in order
+                if count == GROUP:
+                    mg_axpy4(grad + shared_at, od[0], g[0], od[1], g[1], od[2], g[2], od[3], g[3], m)
+                else:
+                    mg_axpy(grad + shared_at, od[0], g[0], m)
         t += count
 
 
+cdef void apply_nodes(Node* nodes, int32_t* batch, Py_ssize_t size) noexcept nogil:
+    """The deferred contributions of the batch's outputs, in order, node by node."""
+    cdef Py_ssize_t t
+    cdef Node* n
+    cdef bint w_later, x_later
+    for t in range(size):
+        n = &nodes[batch[t]]
+        w_later = leaf_row(n.kids.block)
+        x_later = leaf_row(n.aux.block)
+        if w_later and x_later:
+            linear_local_backward(nodes, n, n.grad, False)
+        else:
+            linear_side(nodes, n, w_later)
+
+
 cdef Py_ssize_t apply_batch(Node* nodes, int32_t* batch, Py_ssize_t size, RowBuffer* rows) noexcept:
-    """The deferred nodes' local backward, in batch order: through copies of their rows when
-    each row is read often enough to pay for its copy (and memory allows), else node by node.
-    Returns how many ran on copies."""
+    """The batch's deferred contributions, in batch order: on copies of the rows when each row
+    is read often enough to pay for its copy (and memory allows), else node by node. Returns
+    how many outputs ran on copies."""
     global row_copied_outputs
-    cdef Py_ssize_t nblocks, b, k, t
+    cdef Py_ssize_t nblocks, b, k
     cdef Py_ssize_t total = place_rows(nodes, batch, size, &nblocks)
     cdef KidBlock* block
-    cdef Node* n
     if 2 * size < MIN_READS * nblocks or not reserve_rows(rows, total):
-        for t in range(size):
-            n = &nodes[batch[t]]
-            linear_local_backward(nodes, n, n.grad, False)
+        apply_nodes(nodes, batch, size)
         return 0
     for b in range(nblocks):
         block = batch_blocks[b]
         for k in range(block.n):
             rows.data[block.row + k] = nodes[block.kids[k]].data
-            rows.grad[block.row + k] = nodes[block.kids[k]].grad
+        if leaf_row(block):
+            for k in range(block.n):
+                rows.grad[block.row + k] = nodes[block.kids[k]].grad
     apply_rows(nodes, batch, size, rows)
     for b in range(nblocks):
         block = batch_blocks[b]
-        for k in range(block.n):
-            nodes[block.kids[k]].grad = rows.grad[block.row + k]
+        if leaf_row(block):
+            for k in range(block.n):
+                nodes[block.kids[k]].grad = rows.grad[block.row + k]
     row_copied_outputs += size
     return size
+
+
+cdef bint defer_output(Node* nodes, Node* n, uint32_t epoch) noexcept nogil:
+    """Put n's contributions into its leaf rows in the batch (marking them) and make the others
+    now; False, with nothing made, when that would break the plain order: a node of its rows is
+    a target already (or twice in them), or its other row holds a target."""
+    cdef KidBlock* w = n.kids.block
+    cdef KidBlock* x = n.aux.block
+    if leaf_row(w) and not join_block(nodes, w, epoch, epoch):
+        return False
+    if leaf_row(x) and not join_block(nodes, x, epoch + 1, epoch):
+        return False
+    if not leaf_row(x) and block_in_batch(nodes, x, epoch):
+        return False
+    if not leaf_row(w) and block_in_batch(nodes, w, epoch):
+        return False
+    if not leaf_row(x):
+        linear_side(nodes, n, False)
+    elif not leaf_row(w):
+        linear_side(nodes, n, True)
+    return True
 
 
 cdef void backward_sweep(Node* nodes, int32_t* order, Py_ssize_t count) noexcept:
@@ -294,13 +389,10 @@ cdef void backward_sweep(Node* nodes, int32_t* order, Py_ssize_t count) noexcept
             continue
         epoch = epoch_pair()
         size = 0
-        while k >= 0 and size < MAX_BATCH:
+        while k >= 0 and size < MAX_BATCH:  # (the targets are leaves: never in the order)
             n = &nodes[order[k]]
-            if is_target(n.mark, epoch):
-                break  # its gradient is complete once the batch is applied
             if deferrable(n):
-                if not (join_block(nodes, n.kids.block, epoch, epoch)
-                        and join_block(nodes, n.aux.block, epoch + 1, epoch)):
+                if not defer_output(nodes, n, epoch):
                     break
                 deferred[size] = order[k]
                 size += 1
