@@ -45,6 +45,9 @@ runs right after the previous step, not after another library's (SmolML's multi-
 gc.collect() leave every cache cold; the first run after them pays for that, whichever peer it
 is).
 
+A third table times MLArray beside torch on two more shapes whose backward the sweep batches
+differently: a matmul whose left operand is op nodes, and an MLP with 64-wide layers.
+
 Two more tables time the kernels alone on 1,000,000-element arrays (ns per created node: the
 issue's <= 20 ns target), once on a fresh arena (before the workloads) and once after them, when
 the arena's free stack holds what their graphs freed (a run of 256 or more freed slots goes back
@@ -80,6 +83,9 @@ A_NP, B_NP = RNG.uniform(-1, 1, (64, 64)), RNG.uniform(-1, 1, (64, 64))
 X_NP, Y_NP = RNG.uniform(-1, 1, (256, 8)), RNG.uniform(-1, 1, (256, 1))
 SIZES = [(8, 16), (16, 16), (16, 1)]
 PARAMS_NP = [(RNG.uniform(-0.5, 0.5, (nout, nin)), RNG.uniform(-0.5, 0.5, nout)) for nin, nout in SIZES]
+WIDE_X_NP, WIDE_Y_NP = RNG.uniform(-1, 1, (256, 64)), RNG.uniform(-1, 1, (256, 1))
+WIDE_PARAMS_NP = [(RNG.uniform(-0.2, 0.2, (nout, nin)), RNG.uniform(-0.2, 0.2, nout))
+                  for nin, nout in [(64, 64), (64, 64), (64, 1)]]
 
 
 def allocations() -> int:
@@ -117,6 +123,15 @@ def mlp_step(layer):
 
 def torch_dense(h, w, b):
     return h @ w.T + b
+
+
+def op_operand_step(leaves):
+    """W1 with an op node for every element of the left operand: one side of each output's
+    backward goes into leaves (b), the other into op nodes (a * 1.0)."""
+    a, b = leaves
+    loss = ((a * 1.0) @ b).tanh().sum()
+    loss.backward()
+    return loss
 
 
 def mlarray_peer() -> dict[str, Callable[[], tuple[Any, Callable[[Any], Any]]]]:
@@ -277,6 +292,22 @@ def timed(run: Callable[[Any], Any], leaves: Any) -> tuple[float, float, int, An
     return t1 - t0, c1 - c0, allocations() - before, loss
 
 
+def alternating_runs(setups: dict[str, tuple[Any, Callable[[Any], Any]]], reps: int,
+                     record: Callable[[str, int, float, float, int, Any], None]) -> None:
+    """Repetition 0 (the warm-up) to reps, the peers taking turns; each timed run follows an
+    untimed run of the same peer. record(name, rep, wall, cpu, allocated, loss) sees each timed
+    run (it must not keep the loss: the graph is dropped before the next run)."""
+    for rep in range(reps + 1):
+        for name, (leaves, run) in setups.items():
+            gc.collect()
+            previous = run(leaves)  # the previous step (untimed): warm, as in a loop
+            del previous
+            wall, cpu, allocated, loss = timed(run, leaves)
+            record(name, rep, wall, cpu, allocated, loss)
+            del loss
+            gc.collect()
+
+
 def bench_workloads(reps: int) -> None:
     from micrograd.engine import Value as MicrogradValue
 
@@ -305,23 +336,19 @@ def bench_workloads(reps: int) -> None:
         walls: dict[str, list[float]] = {name: [] for name in peers}
         cpus: dict[str, list[float]] = {name: [] for name in peers}
         nodes: dict[str, int] = {}
-        for rep in range(reps + 1):  # repetition 0 is the warm-up
-            for name, (leaves, run) in setups.items():
-                gc.collect()
-                previous = run(leaves)  # the previous step (untimed): warm, as in a loop
-                del previous
-                wall, cpu, allocated, loss = timed(run, leaves)
-                if name in ("MLArray", "nested Values", "nested + linear"):
-                    nodes[name] = allocated
-                elif name == "micrograd" and rep == 0:
-                    nodes[name] = count_micrograd_nodes(loss)
-                elif name == "SmolML" and rep == 0:
-                    nodes[name] = count_micrograd_nodes(loss.data)  # its 0-d array's Value
-                del loss
-                gc.collect()
-                if rep > 0:
-                    walls[name].append(wall)
-                    cpus[name].append(cpu)
+
+        def record(name: str, rep: int, wall: float, cpu: float, allocated: int, loss: Any) -> None:
+            if name in ("MLArray", "nested Values", "nested + linear"):
+                nodes[name] = allocated
+            elif name == "micrograd" and rep == 0:
+                nodes[name] = count_micrograd_nodes(loss)
+            elif name == "SmolML" and rep == 0:
+                nodes[name] = count_micrograd_nodes(loss.data)  # its 0-d array's Value
+            if rep > 0:
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+
+        alternating_runs(setups, reps, record)
         medians = {name: statistics.median(ts) for name, ts in walls.items()}
         for name in peers:
             m = medians[name]
@@ -339,6 +366,52 @@ def bench_workloads(reps: int) -> None:
           "(constant leaves included); micrograd and SmolML, the Values reachable from the loss; ns/node = "
           "median time / nodes. A 'linear' node stands for 2k micrograd nodes (k '*' and k '+'); "
           "ns/micrograd node = median time / the nodes micrograd makes for the same computation.")
+
+
+def bench_more_shapes(reps: int) -> None:
+    """Two more shapes for MLArray's backward, beside torch: a matmul whose left operand is op
+    nodes, and an MLP with 64-wide layers (the sweep batches the contributions into the
+    leaves -- weights, inputs -- across samples and layers, and makes the others at once)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+    def tensor(m: np.ndarray, grad: bool = True) -> Any:
+        return torch.tensor(m, dtype=torch.float64, requires_grad=grad)
+
+    shapes = {
+        "64x64 (a*1.0) @ b": {
+            "MLArray": lambda: ((MLArray(A_NP), MLArray(B_NP)), op_operand_step),
+            "torch": lambda: ((tensor(A_NP), tensor(B_NP)), op_operand_step),
+        },
+        "MLP 64-64-64-1, 256x64": {
+            "MLArray": lambda: ((MLArray(WIDE_X_NP), MLArray(WIDE_Y_NP),
+                                 [(MLArray(w), MLArray(b)) for w, b in WIDE_PARAMS_NP]), mlp_step(dense)),
+            "torch": lambda: ((tensor(WIDE_X_NP, False), tensor(WIDE_Y_NP, False),
+                               [(tensor(w), tensor(b)) for w, b in WIDE_PARAMS_NP]), mlp_step(torch_dense)),
+        },
+    }
+    print(f"\nMore shapes (MLArray and torch only): median of {reps} repetitions (forward + backward)\n")
+    header = f"{'shape':24s} {'peer':8s} {'median ms':>10s} {'time / torch':>13s} {'nodes':>9s} {'ns/node':>8s}"
+    print(header)
+    print("-" * len(header))
+    for shape, peers in shapes.items():
+        setups = {name: make() for name, make in peers.items()}
+        walls: dict[str, list[float]] = {name: [] for name in setups}
+        made: dict[str, int] = {}
+
+        def record(name: str, rep: int, wall: float, cpu: float, allocated: int, loss: Any) -> None:
+            made[name] = allocated
+            if rep > 0:
+                walls[name].append(wall)
+
+        alternating_runs(setups, reps, record)
+        medians = {name: statistics.median(ts) for name, ts in walls.items()}
+        for name, m in medians.items():
+            n = made[name] if name == "MLArray" else 0
+            print(f"{shape:24s} {name:8s} {m * 1e3:10.2f} {m / medians['torch']:13.2f} "
+                  f"{n if n else 'n/a':>9} {m / n * 1e9 if n else float('nan'):8.0f}")
+        print()
 
 
 def bench_kernels(reps: int, when: str) -> None:
@@ -460,6 +533,7 @@ def main() -> None:
     bench_kernels(reps, "fresh arena (free slots in address order)")
     print_c_floor(reps)
     bench_workloads(reps)
+    bench_more_shapes(reps)
     # Same kernels, same inputs, on the slots the workloads' graphs freed (runs of 256+ slots
     # sorted back into address order, smaller ones last freed, first reused):
     bench_kernels(reps, "after the workloads (on the slots their graphs freed)")
