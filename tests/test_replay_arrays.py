@@ -7,6 +7,7 @@ accepted as the output, the inputs and the parameters of a Graph.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -91,3 +92,88 @@ def test_an_array_output_must_have_one_element(MLArray: type) -> None:  # noqa: 
     with pytest.raises(ValueError, match=r"one-element output.*\(2, 2\)"):
         Graph(X * 2)
     assert Graph((X * 2).sum(), inputs=X).forward() == 8.0
+
+
+# Graphs whose matmul outputs the compiled replay recomputes side by side, on copies of their
+# rows (a depth of the graph at a time): each against a fresh build, for new inputs and after
+# the parameters move.
+
+def chained(M: type, X: Any, params: list[Any]) -> Any:  # noqa: N803
+    """(X @ w) @ v with no op between: the second product reads the first, one depth up."""
+    w, v, _ = params
+    return ((X @ w) @ v * 0.5).sum() + (X @ w).tanh().sum()
+
+
+def dense_rows(M: type, X: Any, params: list[Any]) -> Any:  # noqa: N803
+    """A dense layer with a bias (its outputs share an x row), 13 outputs a row: groups of 8
+    and the rest alone."""
+    from michigrad.array import dense
+    _, _, b = params
+    w = params[0].T[:13] if params[0].shape[1] >= 13 else params[0].T
+    return dense(X, w, b[: w.shape[0]]).tanh().sum()
+
+
+def wider_than_a_run(M: type, X: Any, params: list[Any]) -> Any:  # noqa: N803
+    """91 x 91 outputs at one depth: more than one run of 8192."""
+    w, _, _ = params
+    return ((X.T @ X) * 0.25).tanh().sum() + (w * 0.5).sum()
+
+
+def specials(M: type, X: Any, params: list[Any]) -> Any:  # noqa: N803
+    """Operand rows that hold -0.0, infinities and NaN (set in the batch)."""
+    w, v, _ = params
+    return ((X @ w) * -0.0).sum() + ((X @ w) @ v).sum()
+
+
+WIDE_SHAPES = {chained: (9, 40), dense_rows: (12, 40), wider_than_a_run: (40, 91), specials: (9, 40)}
+
+
+def wide_params(M: type, nin: int) -> list[Any]:  # noqa: N803
+    rng = np.random.default_rng(11)
+    return [M(rng.normal(size=(nin, 24)) * 0.2), M(rng.normal(size=(24, 20)) * 0.2),
+            M(rng.normal(size=(24,)))]
+
+
+@pytest.mark.parametrize("graph", list(WIDE_SHAPES), ids=lambda g: g.__name__)
+def test_matmul_outputs_replay_side_by_side_to_a_fresh_builds_bits(MLArray: type, graph: Any) -> None:  # noqa: N803
+    rows, nin = WIDE_SHAPES[graph]
+    params = wide_params(MLArray, nin)
+    X = MLArray.zeros(rows, nin)  # noqa: N806
+    g = Graph(graph(MLArray, X, params), inputs=X, params=params)
+    leaves = element_values(params)
+
+    def fresh(batch: Any) -> tuple[Any, list[Any]]:
+        return graph(MLArray, MLArray(batch), params).values()[0], leaves
+
+    rng = np.random.default_rng(5)
+    for step in range(3):
+        batch = rng.normal(size=(rows, nin))
+        if graph is specials:
+            batch[::2, ::7] = [-0.0, np.inf, np.nan, 5e-324, -np.inf, 0.0][: len(batch[0, ::7])]
+            for v in leaves:
+                v.grad = 0
+            g.feed(batch)
+            replayed = g.forward()
+            assert bits(replayed) == bits(graph(MLArray, MLArray(batch), params).item())
+        else:
+            check_replays(g, leaves, fresh, [batch])
+        for p in leaves:  # the next replay reads the moved parameters
+            p.data = p.data - 0.01 * (p.grad if math.isfinite(p.grad) else 0.0)
+    g.close()
+
+
+def test_int_operands_replay_with_ints(MLArray: type) -> None:  # noqa: N803
+    """A matmul over int leaves: its products are ints (Python's int arithmetic), so the
+    replay takes the int-aware path and gives ints, as a fresh build does."""
+    rng = np.random.default_rng(2)
+    a, b = MLArray(rng.integers(-3, 4, (12, 40)).tolist()), MLArray(rng.integers(-3, 4, (40, 9)).tolist())
+    out = a @ b
+    g = Graph(out.sum())
+    a[0, 0].data = 5  # an int still: the replay must see it
+    b[3, 3].data = 2.5  # one float: the products of b's column 3 are floats
+    replayed = g.forward()
+    fresh = (a @ b).sum().item()
+    assert bits(replayed) == bits(fresh)
+    assert type(replayed) is type(fresh)
+    assert [type(v.data) for v in out.values()] == [type(v.data) for v in (a @ b).values()]
+    g.close()

@@ -149,6 +149,9 @@ cdef int raise_node_forward_error(Node* nodes, int32_t i, int error) except -1
 cdef class Tape:
     cdef int32_t root
     cdef int32_t* order          # op nodes, children before parents (backward()'s order)
+    cdef int32_t* by_depth       # the same nodes in the order forward() runs them: by depth
+    cdef Py_ssize_t* depth_ends  # by_depth[depth_ends[d-1] : depth_ends[d]]: the nodes of depth d+1
+    cdef Py_ssize_t ndepths
     cdef Py_ssize_t count
     cdef int32_t* leaves         # the graph's leaves, each once (checked for a late _backward)
     cdef Py_ssize_t nleaves

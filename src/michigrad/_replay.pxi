@@ -18,7 +18,7 @@
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
 from libc.math cimport sqrt
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 from libc.stdint cimport uint8_t
 
 
@@ -41,6 +41,168 @@ cdef int32_t* copy_indices(list values, Py_ssize_t* count) except? NULL:
     for k in range(n):
         out[k] = (<Value>values[k])._i
     return out
+
+
+cdef int32_t* depth_order(int32_t* order, Py_ssize_t count, Py_ssize_t** ends,
+                          Py_ssize_t* ndepths) except? NULL:
+    """The op nodes of `order` sorted by depth (the longest path down to a leaf; ties in their
+    topological order), as a malloc'd array, and where each depth ends (*ends, malloc'd,
+    *ndepths entries). No node reads another of its depth, so the outputs of one matmul come
+    side by side (in the topological order a DFS puts each output next to its parent, the node
+    that reads it) for run_forward's dots."""
+    cdef int32_t* depth = <int32_t*>calloc(<size_t>A.capacity, sizeof(int32_t))  # leaves: 0
+    cdef Py_ssize_t* starts = NULL
+    cdef int32_t* out = <int32_t*>malloc(<size_t>(count if count > 0 else 1) * sizeof(int32_t))
+    cdef Py_ssize_t k, deepest = 0
+    cdef int32_t i, j, d
+    cdef Node* n
+    try:
+        if depth == NULL or out == NULL:
+            raise MemoryError()
+        for k in range(count):
+            i = order[k]
+            n = &A.nodes[i]
+            d = 0
+            for j in range(n.nkids):
+                d = max(d, depth[kid(n, j)])
+            depth[i] = d + 1
+            deepest = max(deepest, d + 1)
+        starts = <Py_ssize_t*>calloc(<size_t>(deepest + 1), sizeof(Py_ssize_t))
+        if starts == NULL:
+            raise MemoryError()
+        for k in range(count):  # a counting sort, stable: starts[d] begins as depth d's start
+            starts[depth[order[k]]] += 1
+        for k in range(1, deepest + 1):
+            starts[k] += starts[k - 1]
+        for k in range(deepest, 0, -1):
+            starts[k] = starts[k - 1]
+        starts[0] = 0
+        for k in range(count):  # ... and ends as its end: depth d's nodes end at starts[d]
+            d = depth[order[k]]
+            out[starts[d]] = order[k]
+            starts[d] += 1
+    except BaseException:
+        free(out)
+        free(starts)
+        raise
+    finally:
+        free(depth)
+    memmove(starts, starts + 1, <size_t>deepest * sizeof(Py_ssize_t))  # (depth 0: no node)
+    ends[0] = starts
+    ndepths[0] = deepest
+    return out
+
+
+cdef enum:
+    DOT_GROUP = 8  # forward_linear_run computes this many sums side by side
+
+
+cdef inline bint shared_linear(Node* n) noexcept nogil:
+    return n.op == OP_LINEAR and (n.flags & F_SHARED_KIDS) != 0
+
+
+cdef void dots_of_rows(Node* nodes, int32_t* outs, bint by_w, RowBuffer* rows) noexcept nogil:
+    """The values of DOT_GROUP (8) 'linear' nodes that share one row (their w row, [bias,] w,
+    when by_w, else their x row) from the copied rows, the sums side by side in registers (each
+    alone is a chain of dependent additions): linear_value's float sums, the same operations in
+    the same order, so the same bits."""
+    cdef Node* first = &nodes[outs[0]]
+    cdef int32_t has_bias = first.nkids & 1, m = first.nkids >> 1, k, j
+    cdef const double* shared = rows.data + run_block(first, by_w).row
+    cdef const double* other[DOT_GROUP]
+    cdef double v[DOT_GROUP]
+    for j in range(DOT_GROUP):
+        other[j] = rows.data + other_block(&nodes[outs[j]], by_w).row
+        if has_bias:  # the w row starts with the bias: shared, or one per output
+            v[j] = shared[0] if by_w else other[j][0]
+            if not by_w:
+                other[j] += 1
+        else:
+            v[j] = 0.0  # Python's sum() starts from the int 0, and 0 + p is 0.0 + p
+    if has_bias and by_w:
+        shared += 1
+    cdef const double* o0 = other[0]
+    cdef const double* o1 = other[1]
+    cdef const double* o2 = other[2]
+    cdef const double* o3 = other[3]
+    cdef const double* o4 = other[4]
+    cdef const double* o5 = other[5]
+    cdef const double* o6 = other[6]
+    cdef const double* o7 = other[7]
+    cdef double v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3], v4 = v[4], v5 = v[5], v6 = v[6], v7 = v[7]
+    cdef double c
+    for k in range(m):
+        c = shared[k]
+        v0 = v0 + c * o0[k]
+        v1 = v1 + c * o1[k]
+        v2 = v2 + c * o2[k]
+        v3 = v3 + c * o3[k]
+        v4 = v4 + c * o4[k]
+        v5 = v5 + c * o5[k]
+        v6 = v6 + c * o6[k]
+        v7 = v7 + c * o7[k]
+    v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7] = v0, v1, v2, v3, v4, v5, v6, v7
+    for j in range(DOT_GROUP):
+        nodes[outs[j]].data = v[j]
+        nodes[outs[j]].flags &= ~F_DATA_INT
+
+
+cdef void dot_of_rows(Node* nodes, Node* out, RowBuffer* rows) noexcept nogil:
+    """One 'linear' node's value from the copied rows (dots_of_rows for one)."""
+    cdef int32_t has_bias = out.nkids & 1, m = out.nkids >> 1, k
+    cdef const double* w = rows.data + out.kids.block.row
+    cdef const double* x = rows.data + out.aux.block.row
+    cdef double v = w[0] if has_bias else 0.0
+    w += has_bias
+    for k in range(m):
+        v = v + w[k] * x[k]
+    out.data = v
+    out.flags &= ~F_DATA_INT
+
+
+cdef bint forward_linear_run(Node* nodes, int32_t* outs, Py_ssize_t size, RowBuffer* rows) noexcept:
+    """Recompute `size` (at most MAX_BATCH) 'linear' nodes over shared rows, none of which reads
+    another, on copies of their rows: each row read once, not once per output. False, with
+    nothing written, when a row holds an int (a product might be an int: node_forward's
+    int-aware path) or memory is short."""
+    cdef Py_ssize_t nblocks, b, k, t = 0, group
+    cdef Py_ssize_t total = place_rows(nodes, outs, size, &nblocks)
+    cdef KidBlock* block
+    cdef Node* n
+    cdef uint16_t flags = 0
+    cdef bint by_w
+    if not reserve_rows(rows, total):
+        return False
+    for b in range(nblocks):
+        block = batch_blocks[b]
+        for k in range(block.n):
+            n = &nodes[block.kids[k]]
+            rows.data[block.row + k] = n.data
+            flags |= n.flags
+    if flags & F_DATA_INT:
+        return False
+    while t < size:
+        group = dot_group(nodes, outs + t, size - t, &by_w)
+        if group == DOT_GROUP:
+            dots_of_rows(nodes, outs + t, by_w, rows)
+        else:
+            dot_of_rows(nodes, &nodes[outs[t]], rows)
+        t += group
+    return True
+
+
+cdef inline Py_ssize_t dot_group(Node* nodes, int32_t* outs, Py_ssize_t size, bint* by_w) noexcept nogil:
+    """DOT_GROUP when the 'linear' nodes outs[0 : DOT_GROUP] share one row (*by_w: their w row,
+    else their x row), else 1."""
+    cdef Node* first = &nodes[outs[0]]
+    cdef Py_ssize_t j
+    if size < DOT_GROUP:
+        return 1
+    by_w[0] = nodes[outs[1]].kids.block == first.kids.block
+    for j in range(1, DOT_GROUP):
+        if run_block(&nodes[outs[j]], by_w[0]) != run_block(first, by_w[0]):
+            return 1
+    return DOT_GROUP
 
 
 cdef class Tape:
@@ -130,6 +292,8 @@ cdef class Tape:
             free(self.inputs)
             self.leaves = self.inputs = NULL
             raise
+        # the last step that can fail:
+        self.by_depth = depth_order(order, count, &self.depth_ends, &self.ndepths)
         self.order = order
         self.count = count
         self.input_shape = input_shape
@@ -157,11 +321,14 @@ cdef class Tape:
         decref_nodes(self.params, self.nparams)
         decref_node(self.root)
         free(self.order)
+        free(self.by_depth)
+        free(self.depth_ends)
         free(self.leaves)
         free(self.inputs)
         free(self.params)
         free(self.update)
-        self.order = self.leaves = self.inputs = self.params = self.update = NULL
+        self.order = self.by_depth = self.leaves = self.inputs = self.params = self.update = NULL
+        self.depth_ends = NULL
         self.count = self.nleaves = self.ninputs = self.nparams = self.nupdate = 0
         self.update_groups = None
 
@@ -204,19 +371,38 @@ cdef class Tape:
     # --- the replay loops ---------------------------------------------------------------------
 
     cdef int run_forward(self) except -1:
-        """Recompute every op node from its children, children first. On a forward error (log
-        of a negative input, overflow, ...) raise what the Python operator raises; the nodes
-        before the failing one hold new values, the rest old ones, so the tape is stale."""
+        """Recompute every op node from its children, children first: depth by depth, so that
+        a matmul's outputs, which no node of their depth reads, come side by side and run on
+        copies of their rows. On a forward error (log of a negative input, overflow, ...) raise
+        what the Python operator raises; the nodes before the failing one hold new values, the
+        rest old ones, so the tape is stale."""
         cdef Node* nodes = A.nodes
-        cdef int32_t* order = self.order
-        cdef Py_ssize_t k
+        cdef int32_t* order = self.by_depth
+        cdef Py_ssize_t k = 0, j, run, end, d
         cdef int error
+        cdef RowBuffer rows
+        rows.data = rows.grad = NULL
+        rows.capacity = 0
         self.check()
-        for k in range(self.count):
-            error = node_forward(nodes, order[k])
-            if error:
-                self.stale = True
-                raise_node_forward_error(nodes, order[k], error)
+        try:
+            for d in range(self.ndepths):
+                end = self.depth_ends[d]
+                while k < end:
+                    run = 0  # 'linear' nodes over shared rows side by side
+                    while k + run < end and run < MAX_BATCH and shared_linear(&nodes[order[k + run]]):
+                        run += 1
+                    if run >= DOT_GROUP and forward_linear_run(nodes, order + k, run, &rows):
+                        k += run
+                        continue
+                    for j in range(max(run, 1)):  # ('linear' cannot fail)
+                        error = node_forward(nodes, order[k])
+                        if error:
+                            self.stale = True
+                            raise_node_forward_error(nodes, order[k], error)
+                        k += 1
+        finally:
+            free(rows.data)
+            free(rows.grad)
         self.stale = False
         return 0
 
