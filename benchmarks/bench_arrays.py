@@ -21,6 +21,8 @@ Peers, each running the same computation:
   it is in this repository), and are left out, with a note, otherwise.
 * ``MLArray``            -- michigrad.MLArray (compiled kernels: one C loop per array op; a
   matmul or dense layer makes one 'linear' node per output element).
+* ``MLArray replay``     -- the MLArray graph recorded once with ``michigrad.Graph``, each run
+  ``forward()`` + ``backward()`` in C (a training loop over a fixed-shape batch).
 * ``nested Values``      -- nested Python lists of michigrad's *compiled* scalar ``Value``,
   written as SmolML's MLArray does it (``sum(a * b ...)``, ``+``, ``tanh``): SmolML's workload
   on our fast scalar engine, the stricter comparison.
@@ -73,7 +75,7 @@ from typing import Any, Optional
 import numpy as np
 
 import michigrad
-from michigrad import _engine
+from michigrad import Graph, _engine
 from michigrad.array import MLArray, dense
 
 sys.setrecursionlimit(100_000)  # micrograd's backward() is recursive
@@ -98,23 +100,30 @@ def allocations() -> int:
 
 # The array workloads, written once for any peer with NumPy-style operators (MLArray, torch).
 
+def matmul_loss(a, b):
+    return (a @ b).tanh().sum()
+
+
 def matmul_step(leaves):
-    a, b = leaves
-    loss = (a @ b).tanh().sum()
+    loss = matmul_loss(*leaves)
     loss.backward()
     return loss
 
 
+def mlp_loss(layer, x, y, params):
+    """The MLP workload's loss: layer(h, w, b) is the peer's dense layer."""
+    h = x
+    for k, (w, b) in enumerate(params):
+        h = layer(h, w, b)
+        if k < len(params) - 1:
+            h = h.tanh()
+    return ((h - y) ** 2).mean()
+
+
 def mlp_step(layer):
-    """run(leaves) for the MLP workload: layer(h, w, b) is the peer's dense layer."""
+    """run(leaves) for the MLP workload."""
     def run(leaves):
-        x, y, params = leaves
-        h = x
-        for k, (w, b) in enumerate(params):
-            h = layer(h, w, b)
-            if k < len(params) - 1:
-                h = h.tanh()
-        loss = ((h - y) ** 2).mean()
+        loss = mlp_loss(layer, *leaves)
         loss.backward()
         return loss
 
@@ -145,6 +154,25 @@ def mlarray_peer() -> dict[str, Callable[[], tuple[Any, Callable[[Any], Any]]]]:
         leaves = (MLArray(X_NP), MLArray(Y_NP), params)
 
         return leaves, mlp_step(dense)
+
+    return {"W1 matmul": matmul, "W2 MLP": mlp}
+
+
+def replay_step(graph):
+    """A replayed step: forward and backward of the recorded graph, in C."""
+    graph.forward()
+    graph.backward()
+
+
+def mlarray_replay_peer() -> dict[str, Callable[[], tuple[Any, Callable[[Any], Any]]]]:
+    """MLArray's graphs recorded once with michigrad.Graph: each run replays them (no node is
+    made)."""
+    def matmul():
+        return Graph(matmul_loss(MLArray(A_NP), MLArray(B_NP))), replay_step
+
+    def mlp():
+        params = [(MLArray(w), MLArray(b)) for w, b in PARAMS_NP]
+        return Graph(mlp_loss(dense, MLArray(X_NP), MLArray(Y_NP), params)), replay_step
 
     return {"W1 matmul": matmul, "W2 MLP": mlp}
 
@@ -313,6 +341,7 @@ def bench_workloads(reps: int) -> None:
 
     peers: dict[str, dict[str, Callable[[], Any]]] = {
         "MLArray": mlarray_peer(),
+        "MLArray replay": mlarray_replay_peer(),
         "nested Values": nested_peer(michigrad.Value, lambda v: v.tanh(), fused=False),
         "nested + linear": nested_peer(michigrad.Value, lambda v: v.tanh(), fused=True),
         "micrograd": nested_peer(MicrogradValue, micrograd_tanh, fused=False),
