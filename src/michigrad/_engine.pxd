@@ -149,7 +149,8 @@ cdef int raise_node_forward_error(Node* nodes, int32_t i, int error) except -1
 cdef class Tape:
     cdef int32_t root
     cdef int32_t* order          # op nodes, children before parents (backward()'s order)
-    cdef int32_t* by_depth       # the same nodes in the order forward() runs them: by depth
+    cdef int32_t* by_depth       # the same nodes by depth, the order forward() runs them in
+                                 # when the graph has matmul outputs (else NULL)
     cdef Py_ssize_t* depth_ends  # by_depth[depth_ends[d-1] : depth_ends[d]]: the nodes of depth d+1
     cdef Py_ssize_t ndepths
     cdef Py_ssize_t count
@@ -172,6 +173,8 @@ cdef class Tape:
     cdef void release(self) noexcept
     cdef int check(self) except -1
     cdef int run_forward(self) except -1
+    cdef int forward_nodes(self, int32_t* order, Py_ssize_t start, Py_ssize_t end) except -1
+    cdef int forward_by_depth(self) except -1
     cdef int run_backward(self) except -1
     cdef object set_update_groups_body(self, list groups)
     cdef object sgd_step_body(self, list lrs)

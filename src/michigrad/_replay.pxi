@@ -292,8 +292,10 @@ cdef class Tape:
             free(self.inputs)
             self.leaves = self.inputs = NULL
             raise
-        # the last step that can fail:
-        self.by_depth = depth_order(order, count, &self.depth_ends, &self.ndepths)
+        for k in range(count):  # (the last step that can fail)
+            if shared_linear(&A.nodes[order[k]]):  # a matmul's outputs: forward runs by depth
+                self.by_depth = depth_order(order, count, &self.depth_ends, &self.ndepths)
+                break
         self.order = order
         self.count = count
         self.input_shape = input_shape
@@ -371,39 +373,55 @@ cdef class Tape:
     # --- the replay loops ---------------------------------------------------------------------
 
     cdef int run_forward(self) except -1:
-        """Recompute every op node from its children, children first: depth by depth, so that
-        a matmul's outputs, which no node of their depth reads, come side by side and run on
-        copies of their rows. On a forward error (log of a negative input, overflow, ...) raise
-        what the Python operator raises; the nodes before the failing one hold new values, the
-        rest old ones, so the tape is stale."""
+        """Recompute every op node from its children, children first: in the topological
+        order, or depth by depth where the graph has matmul outputs, so that those, which no
+        node of their depth reads, come side by side and run on copies of their rows (by
+        depth, a graph of scalar ops would only lose the topological order's locality). On a
+        forward error (log of a negative input, overflow, ...) raise what the Python operator
+        raises; the nodes before the failing one hold new values, the rest old ones, so the
+        tape is stale."""
+        self.check()
+        if self.by_depth == NULL:
+            self.forward_nodes(self.order, 0, self.count)
+        else:
+            self.forward_by_depth()
+        self.stale = False
+        return 0
+
+    cdef int forward_nodes(self, int32_t* order, Py_ssize_t start, Py_ssize_t end) except -1:
+        """node_forward for order[start:end]; a forward error marks the tape stale and raises."""
+        cdef Node* nodes = A.nodes
+        cdef Py_ssize_t k
+        cdef int error
+        for k in range(start, end):
+            error = node_forward(nodes, order[k])
+            if error:
+                self.stale = True
+                raise_node_forward_error(nodes, order[k], error)
+        return 0
+
+    cdef int forward_by_depth(self) except -1:
+        """run_forward depth by depth: a run of 'linear' nodes over shared rows on copies of the
+        rows (forward_linear_run), the other nodes one at a time."""
         cdef Node* nodes = A.nodes
         cdef int32_t* order = self.by_depth
-        cdef Py_ssize_t k = 0, j, run, end, d
-        cdef int error
+        cdef Py_ssize_t k = 0, run, end, d
         cdef RowBuffer rows
         rows.data = rows.grad = NULL
         rows.capacity = 0
-        self.check()
         try:
             for d in range(self.ndepths):
                 end = self.depth_ends[d]
                 while k < end:
-                    run = 0  # 'linear' nodes over shared rows side by side
+                    run = 0
                     while k + run < end and run < MAX_BATCH and shared_linear(&nodes[order[k + run]]):
                         run += 1
-                    if run >= DOT_GROUP and forward_linear_run(nodes, order + k, run, &rows):
-                        k += run
-                        continue
-                    for j in range(max(run, 1)):  # ('linear' cannot fail)
-                        error = node_forward(nodes, order[k])
-                        if error:
-                            self.stale = True
-                            raise_node_forward_error(nodes, order[k], error)
-                        k += 1
+                    if run < DOT_GROUP or not forward_linear_run(nodes, order + k, run, &rows):
+                        self.forward_nodes(order, k, k + max(run, 1))
+                    k += max(run, 1)
         finally:
             free(rows.data)
             free(rows.grad)
-        self.stale = False
         return 0
 
     cdef int run_backward(self) except -1:
