@@ -31,6 +31,9 @@ Peers, each running the same computation:
 * ``micrograd``          -- micrograd 0.1.0's Value in nested lists (it has no tanh: tanh is
   added the way Karpathy's lecture writes it, a node with a ``_backward`` closure).
 * ``torch``              -- PyTorch float64 tensors (the whole batch as one tensor op).
+* ``C floor``            -- benchmarks/c_floor/tape_floor.c (needs gcc) running MLArray's graph,
+  recorded with ``michigrad.Graph``, over flat arrays of doubles: the same operations and bits,
+  no node made, ordered or freed.
 
 Reported: median wall time over the repetitions (and median CPU time of the thread as a
 cross-check on a shared machine), speedups over SmolML, ``nested Values`` and micrograd (their
@@ -379,7 +382,15 @@ def bench_workloads(reps: int) -> None:
 
         alternating_runs(setups, reps, record)
         medians = {name: statistics.median(ts) for name, ts in walls.items()}
-        for name in peers:
+        graph = mlarray_replay_peer()[workload]()[0]
+        floor = graph_floor_ms(graph, 100 * reps)
+        if floor is not None:  # the same graph in plain C: what making nodes costs beyond it
+            medians["C floor"] = floor / 1e3
+            walls["C floor"] = [floor / 1e3]
+            cpus["C floor"] = [floor / 1e3]
+            nodes["C floor"] = len(graph)
+        graph.close()
+        for name in medians:
             m = medians[name]
             spread = (max(walls[name]) - min(walls[name])) / m
             n = nodes.get(name)
@@ -394,7 +405,10 @@ def bench_workloads(reps: int) -> None:
     print("nodes: michigrad peers count _engine._arena_stats()['allocations'] during the timed run "
           "(constant leaves included); micrograd and SmolML, the Values reachable from the loss; ns/node = "
           "median time / nodes. A 'linear' node stands for 2k micrograd nodes (k '*' and k '+'); "
-          "ns/micrograd node = median time / the nodes micrograd makes for the same computation.")
+          "ns/micrograd node = median time / the nodes micrograd makes for the same computation. "
+          "C floor: benchmarks/c_floor/tape_floor.c running MLArray's recorded graph (its op nodes) "
+          "over flat arrays of doubles, scalar C, gcc -O2, same bits: the graph's arithmetic "
+          "without making, ordering or freeing a node (median of the steps timed inside C).")
 
 
 def bench_more_shapes(reps: int) -> None:
@@ -517,6 +531,28 @@ def bench_kernels(reps: int, when: str) -> None:
     backward_of_sum("backward: sum(125x64 @ 64x64)", matmul_grid(), 8000 + 1, 128)
     backward_of_sum("backward: sum((..)**1.0), row copies", _engine.array_unary(
         "powc", matmul_grid(), pos[:8000], 1.0), 2 * 8000 + 1, 128)
+
+
+def graph_floor_ms(graph: Any, steps: int) -> Optional[float]:
+    """benchmarks/c_floor/tape_floor.c run on the recorded graph (the same ops over flat arrays
+    of doubles, scalar C, gcc -O2: no node made, ordered or freed): its median ms per forward +
+    backward, after checking that it gives the graph's value bit for bit. None without gcc."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from bench_replay import build_floor, run_floor, write_tape
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            exe = build_floor(Path(tmp), Path(__file__).resolve().parent / "c_floor" / "tape_floor.c")
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        write_tape(graph, Path(tmp) / "tape.txt")
+        result = run_floor(exe, Path(tmp) / "tape.txt", steps)
+    if result["losses"][0] != graph.forward():
+        raise SystemExit("tape_floor.c does not give the graph's value: the floor would be wrong")
+    return result["ms"]
 
 
 def print_c_floor(reps: int) -> None:

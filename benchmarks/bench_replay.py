@@ -56,7 +56,7 @@ from michigrad.optim import SGD  # noqa: E402
 
 C_SOURCE = HERE / "c_floor" / "tape_floor.c"
 C_OPS = {"+": 1, "*": 2, "**c": 3, "exp": 5, "log": 6, "tanh": 7, "ReLU": 8, "sigmoid": 9,
-         "abs": 10, "linear": 12}  # tape_floor.c's enum
+         "abs": 10, "linear": 12, "sum": 13}  # tape_floor.c's enum
 TARGETS = {"micrograd": 1000.0}  # replay should be this many times faster
 FLOOR_FACTOR = 3.0  # ... and within this factor of the C floor
 

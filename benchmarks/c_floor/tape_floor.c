@@ -22,7 +22,7 @@
 
 /* op codes: src/michigrad/_engine.pxd (bench_replay.py checks they still match) */
 enum { OP_ADD = 1, OP_MUL = 2, OP_POWC = 3, OP_EXP = 5, OP_LOG = 6, OP_TANH = 7, OP_RELU = 8,
-       OP_SIGMOID = 9, OP_ABS = 10, OP_LINEAR = 12 };
+       OP_SIGMOID = 9, OP_ABS = 10, OP_LINEAR = 12, OP_SUM = 13 };
 
 static long read_long(FILE *f) {
     long v;
@@ -100,6 +100,12 @@ int main(int argc, char **argv) {
                 r = acc;
                 break;
             }
+            case OP_SUM: {  /* MLArray's sum: c0 + c1 + ... left to right */
+                double acc = x;
+                for (long i = 1; i < m; i++) acc = acc + val[c[i]];
+                r = acc;
+                break;
+            }
             default: fprintf(stderr, "tape_floor: op %d not supported\n", op[o]); return 2;
             }
             val[nleaves + o] = r;
@@ -142,6 +148,7 @@ int main(int argc, char **argv) {
                 }
                 break;
             }
+            case OP_SUM: for (long i = 0; i < m; i++) grad[c[i]] += g; break;
             }
         }
         /* SGD */
