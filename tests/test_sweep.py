@@ -3,10 +3,11 @@ gradients, bit for bit.
 
 The compiled engine defers the contributions of wide matmul nodes (shared operand rows of 32
 or more) into their rows of leaves and applies a batch of them on dense copies of the rows
-(four outputs that share a row together), making the others at once; the reference engine applies every node alone in reverse topological order, as micrograd does. Each
-graph below is built by both engines from the same numbers and every gradient must be the same
-bits -- whatever the graph shares between its rows, whoever else reads the rows, however many
-nodes are deferred and wherever the visit mark wraps around. The `row_copied_outputs` counter
+(four outputs that share a row together), making the others at once; the reference engine
+applies every node alone in reverse topological order, as micrograd does. Each graph below is
+built by both engines from the same numbers and every gradient must be the same bits --
+whatever the graph shares between its rows, whoever else reads the rows, however many nodes
+are deferred and wherever the visit mark wraps around. The `row_copied_outputs` counter
 shows whether the copies were used, so a test meant for them cannot pass by falling back to the
 plain order.
 """

@@ -57,11 +57,12 @@ cdef enum Flag:
 # each of its nodes; each node whose children it is holds one reference to the block.
 ctypedef struct KidBlock:
     uint32_t refcnt      # the nodes whose children include this block
-    uint32_t mark        # the topological sort's visit epoch: a block is scanned once per sort
+    uint32_t mark        # a visit epoch: the topological sort scans a block once per sort; the
+                         # backward sweep marks a batch's blocks, place_rows the rows it copies
     int32_t n
     int32_t nleaves      # how many of the children are leaves (nkids 0): the backward sweep
                          # defers the gradients of a row of leaves only
-    Py_ssize_t row       # the backward sweep's scratch: where its copy starts in the batch's rows
+    Py_ssize_t row       # place_rows' scratch: where the block's copy starts in a RowBuffer
     int32_t* kids        # the n children (stored right after the struct, in the same malloc)
 
 # More than two children (Python ops, 'linear', 'sum', 'max', 'min') live in a malloc'd array
@@ -153,6 +154,7 @@ cdef class Tape:
                                  # when the graph has matmul outputs (else NULL)
     cdef Py_ssize_t* depth_ends  # by_depth[depth_ends[d-1] : depth_ends[d]]: the nodes of depth d+1
     cdef Py_ssize_t ndepths
+    cdef bint fallible           # an op node's forward may raise (exp, log, the powers)
     cdef Py_ssize_t count
     cdef int32_t* leaves         # the graph's leaves, each once (checked for a late _backward)
     cdef Py_ssize_t nleaves

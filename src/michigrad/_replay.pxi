@@ -1,10 +1,12 @@
 # Graph replay (issue #6): a recorded graph re-executed in C. Included at the end of _engine.pyx.
 #
 # A `Tape` records, once, the topological order `Value.backward()` uses (`topological_order`):
-# the op nodes of the graph, children before parents. Replaying it walks the arena nodes in that
-# order through the op table -- `node_forward` forward, `builtin_local_backward` backward -- so
-# every value and gradient is the same bits, and the same int/float type, as a fresh build of the
-# expression followed by `backward()`. The tape works on the arena nodes themselves (no copy to
+# the op nodes of the graph, children before parents. Replaying it walks the arena nodes through
+# the op table -- `node_forward` forward, the backward sweep backward, in that order -- so every
+# value and gradient is the same bits, and the same int/float type, as a fresh build of the
+# expression followed by `backward()`. (Where the graph has matmul outputs, forward runs depth by
+# depth instead, those outputs side by side on copies of their rows: any order that computes
+# children first gives the same values; a forward error is still the topological order's.) The tape works on the arena nodes themselves (no copy to
 # sync): the Values a user holds show the new data and gradients at once.
 #
 # Lifetime: the tape holds a reference on the output node (which holds the whole graph) and on
@@ -171,7 +173,7 @@ cdef bint forward_linear_run(Node* nodes, int32_t* outs, Py_ssize_t size, RowBuf
     cdef Node* n
     cdef uint16_t flags = 0
     cdef bint by_w
-    if not reserve_rows(rows, total):
+    if not reserve_rows(rows, total, False):
         return False
     for b in range(nblocks):
         block = batch_blocks[b]
@@ -194,15 +196,31 @@ cdef bint forward_linear_run(Node* nodes, int32_t* outs, Py_ssize_t size, RowBuf
 cdef inline Py_ssize_t dot_group(Node* nodes, int32_t* outs, Py_ssize_t size, bint* by_w) noexcept nogil:
     """DOT_GROUP when the 'linear' nodes outs[0 : DOT_GROUP] share one row (*by_w: their w row,
     else their x row), else 1."""
-    cdef Node* first = &nodes[outs[0]]
-    cdef Py_ssize_t j
-    if size < DOT_GROUP:
-        return 1
-    by_w[0] = nodes[outs[1]].kids.block == first.kids.block
-    for j in range(1, DOT_GROUP):
-        if run_block(&nodes[outs[j]], by_w[0]) != run_block(first, by_w[0]):
-            return 1
-    return DOT_GROUP
+    return DOT_GROUP if size >= DOT_GROUP and share_a_row(nodes, outs, DOT_GROUP, by_w) else 1
+
+
+ctypedef struct SavedData:
+    double data
+    uint16_t flags
+
+
+cdef SavedData* save_data(Node* nodes, int32_t* order, Py_ssize_t count) except NULL:
+    """The data and flags of the ordered nodes, as a malloc'd array."""
+    cdef SavedData* saved = <SavedData*>malloc(<size_t>(count if count > 0 else 1) * sizeof(SavedData))
+    cdef Py_ssize_t k
+    if saved == NULL:
+        raise MemoryError()
+    for k in range(count):
+        saved[k].data = nodes[order[k]].data
+        saved[k].flags = nodes[order[k]].flags
+    return saved
+
+
+cdef void restore_data(Node* nodes, int32_t* order, Py_ssize_t count, SavedData* saved) noexcept:
+    cdef Py_ssize_t k
+    for k in range(count):
+        nodes[order[k]].data = saved[k].data
+        nodes[order[k]].flags = saved[k].flags
 
 
 cdef class Tape:
@@ -286,16 +304,21 @@ cdef class Tape:
                         self.nleaves += 1
             self.inputs = copy_indices(inputs, &self.ninputs)
             self.params = copy_indices(params, &self.nparams)
+            self.fallible = False
+            for k in range(count):
+                if may_fail(A.nodes[order[k]].op):
+                    self.fallible = True
+            for k in range(count):
+                if shared_linear(&A.nodes[order[k]]):  # a matmul's outputs: forward runs by depth
+                    self.by_depth = depth_order(order, count, &self.depth_ends, &self.ndepths)
+                    break
         except BaseException:
             free(order)
             free(self.leaves)
             free(self.inputs)
-            self.leaves = self.inputs = NULL
+            free(self.params)
+            self.leaves = self.inputs = self.params = NULL
             raise
-        for k in range(count):  # (the last step that can fail)
-            if shared_linear(&A.nodes[order[k]]):  # a matmul's outputs: forward runs by depth
-                self.by_depth = depth_order(order, count, &self.depth_ends, &self.ndepths)
-                break
         self.order = order
         self.count = count
         self.input_shape = input_shape
@@ -402,13 +425,19 @@ cdef class Tape:
 
     cdef int forward_by_depth(self) except -1:
         """run_forward depth by depth: a run of 'linear' nodes over shared rows on copies of the
-        rows (forward_linear_run), the other nodes one at a time."""
+        rows (forward_linear_run), the other nodes one at a time. A forward error must be the
+        one a fresh build raises, with the nodes before it (in the topological order) new and
+        the rest old: so where an op can fail, the old values are kept, and on an error put
+        back before the topological order is walked."""
         cdef Node* nodes = A.nodes
         cdef int32_t* order = self.by_depth
-        cdef Py_ssize_t k = 0, run, end, d
+        cdef Py_ssize_t k = 0, j, run, end, d
         cdef RowBuffer rows
+        cdef SavedData* saved = NULL
         rows.data = rows.grad = NULL
-        rows.capacity = 0
+        rows.capacity = rows.grad_capacity = 0
+        if self.fallible:
+            saved = save_data(nodes, self.order, self.count)
         try:
             for d in range(self.ndepths):
                 end = self.depth_ends[d]
@@ -416,12 +445,19 @@ cdef class Tape:
                     run = 0
                     while k + run < end and run < MAX_BATCH and shared_linear(&nodes[order[k + run]]):
                         run += 1
-                    if run < DOT_GROUP or not forward_linear_run(nodes, order + k, run, &rows):
-                        self.forward_nodes(order, k, k + max(run, 1))
+                    if run >= DOT_GROUP and forward_linear_run(nodes, order + k, run, &rows):
+                        k += run
+                        continue
+                    for j in range(k, k + max(run, 1)):
+                        if node_forward(nodes, order[j]):
+                            if saved != NULL:  # (an error needs a fallible op: saved is set)
+                                restore_data(nodes, self.order, self.count, saved)
+                            return self.forward_nodes(self.order, 0, self.count)  # raises
                     k += max(run, 1)
         finally:
             free(rows.data)
             free(rows.grad)
+            free(saved)
         return 0
 
     cdef int run_backward(self) except -1:

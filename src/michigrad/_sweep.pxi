@@ -30,7 +30,8 @@ cdef enum:
     GIVE_UP = 4          # batches in a row not worth copying: the graph's order does not batch
                          # (an MLP's reverse order takes one sample at a time), stop marking
 
-# Used only inside backward_sweep (GIL held): the batch, and its distinct blocks.
+# Used only inside backward_sweep (the batch; the GIL held) and place_rows (the distinct blocks
+# of a batch, or of a replayed forward's run of matmul outputs).
 cdef int32_t deferred[MAX_BATCH]
 cdef KidBlock* batch_blocks[2 * MAX_BATCH]
 
@@ -189,9 +190,12 @@ cdef extern from *:
 
 
 ctypedef struct RowBuffer:
-    double* data       # every block's row of data, block.row onwards ...
-    double* grad       # ... and of gradients (those of leaf rows), at the same offset
-    Py_ssize_t capacity  # doubles in each (grown by a batch that needs more, freed by the sweep)
+    # Copies of rows (blocks), each at its block.row: owned by one backward_sweep or one replayed
+    # forward, grown by a batch that needs more, freed when that sweep or forward ends.
+    double* data       # every block's row of data ...
+    double* grad       # ... and of gradients (those of leaf rows; the backward sweep's only)
+    Py_ssize_t capacity       # doubles in data
+    Py_ssize_t grad_capacity  # doubles in grad
 
 
 cdef Py_ssize_t place_rows(Node* nodes, int32_t* batch, Py_ssize_t size, Py_ssize_t* nblocks) noexcept:
@@ -214,37 +218,43 @@ cdef Py_ssize_t place_rows(Node* nodes, int32_t* batch, Py_ssize_t size, Py_ssiz
     return total
 
 
-cdef bint reserve_rows(RowBuffer* rows, Py_ssize_t total) noexcept:
-    """Room for `total` doubles of data and of gradients; False when out of memory."""
+cdef bint reserve_rows(RowBuffer* rows, Py_ssize_t total, bint grads) noexcept:
+    """Room for `total` doubles of data (and of gradients if grads); False when out of memory."""
     cdef double* p
-    if total <= rows.capacity:
-        return True
-    p = <double*>realloc(rows.data, <size_t>total * sizeof(double))
-    if p == NULL:
-        return False
-    rows.data = p
-    p = <double*>realloc(rows.grad, <size_t>total * sizeof(double))
-    if p == NULL:
-        return False
-    rows.grad = p
-    rows.capacity = total
+    if total > rows.capacity:
+        p = <double*>realloc(rows.data, <size_t>total * sizeof(double))
+        if p == NULL:
+            return False
+        rows.data = p
+        rows.capacity = total
+    if grads and total > rows.grad_capacity:
+        p = <double*>realloc(rows.grad, <size_t>total * sizeof(double))
+        if p == NULL:
+            return False
+        rows.grad = p
+        rows.grad_capacity = total
+    return True
+
+
+cdef bint share_a_row(Node* nodes, int32_t* outs, Py_ssize_t count, bint* by_w) noexcept nogil:
+    """Whether the matmul nodes outs[0 : count] (count >= 2) share one block: their w row
+    (*by_w True) or their x row (*by_w False)."""
+    cdef Py_ssize_t u
+    cdef Node* first = &nodes[outs[0]]
+    by_w[0] = nodes[outs[1]].kids.block == first.kids.block
+    for u in range(1, count):
+        if run_block(&nodes[outs[u]], by_w[0]) != run_block(first, by_w[0]):
+            return False
     return True
 
 
 cdef Py_ssize_t group_of(Node* nodes, int32_t* batch, Py_ssize_t size, bint* by_w) noexcept nogil:
-    """GROUP when batch[0 : GROUP] share one block (their w row when *by_w, else their x row),
-    else 1 (*by_w True)."""
-    cdef Py_ssize_t u
-    cdef Node* first = &nodes[batch[0]]
+    """GROUP when batch[0 : GROUP] share one row (*by_w: their w row, else their x row), else 1
+    (*by_w True: a lone output's shared row is its w row)."""
+    if size >= GROUP and share_a_row(nodes, batch, GROUP, by_w):
+        return GROUP
     by_w[0] = True
-    if size < GROUP:
-        return 1
-    by_w[0] = nodes[batch[1]].kids.block == first.kids.block
-    for u in range(1, GROUP):
-        if run_block(&nodes[batch[u]], by_w[0]) != run_block(first, by_w[0]):
-            by_w[0] = True
-            return 1
-    return GROUP
+    return 1
 
 
 cdef inline bint distinct_leaf_rows(KidBlock** rows) noexcept nogil:
@@ -330,7 +340,7 @@ cdef Py_ssize_t apply_batch(Node* nodes, int32_t* batch, Py_ssize_t size, RowBuf
     cdef Py_ssize_t nblocks, b, k
     cdef Py_ssize_t total = place_rows(nodes, batch, size, &nblocks)
     cdef KidBlock* block
-    if 2 * size < MIN_READS * nblocks or not reserve_rows(rows, total):
+    if 2 * size < MIN_READS * nblocks or not reserve_rows(rows, total, True):
         apply_nodes(nodes, batch, size)
         return 0
     for b in range(nblocks):
@@ -380,7 +390,7 @@ cdef void backward_sweep(Node* nodes, int32_t* order, Py_ssize_t count) noexcept
     cdef RowBuffer rows
     rows.data = NULL
     rows.grad = NULL
-    rows.capacity = 0
+    rows.capacity = rows.grad_capacity = 0
     while k >= 0:
         n = &nodes[order[k]]
         if fruitless >= GIVE_UP or not deferrable(n):

@@ -15,7 +15,7 @@ graph behind ``loss`` once; afterwards
 
 Every value and gradient is the same bits, and the same int/float type, as building the
 expression again in Python and calling ``backward()``: the replay goes through the engine's own
-op table in ``backward()``'s own order. ``relu``, ``abs`` and ``**`` re-evaluate their branch
+op table, children before parents, and back-propagates in ``backward()``'s own order. ``relu``, ``abs`` and ``**`` re-evaluate their branch
 each time, so data-dependent *values* are fine; what must not depend on the data is the graph's
 *structure* (which ops, on which operands): a Python ``if`` that picks a different expression is
 not seen by a replay.
