@@ -529,7 +529,7 @@ def bench_kernels(reps: int, when: str) -> None:
     # one at a time; after '** 1.0' their gradients are floats and the sweep applies them in a
     # batch, on dense copies of the operand rows (_sweep.pxi)
     backward_of_sum("backward: sum(125x64 @ 64x64)", matmul_grid(), 8000 + 1, 128)
-    backward_of_sum("backward: sum((..)**1.0), row copies", _engine.array_unary(
+    backward_of_sum("backward: sum((..)**1.0), copies", _engine.array_unary(
         "powc", matmul_grid(), pos[:8000], 1.0), 2 * 8000 + 1, 128)
 
 
