@@ -6,8 +6,9 @@
 # value and gradient is the same bits, and the same int/float type, as a fresh build of the
 # expression followed by `backward()`. (Where the graph has matmul outputs, forward runs depth by
 # depth instead, those outputs side by side on copies of their rows: any order that computes
-# children first gives the same values; a forward error is still the topological order's.) The tape works on the arena nodes themselves (no copy to
-# sync): the Values a user holds show the new data and gradients at once.
+# children first gives the same values; a forward error is still the topological order's.)
+# The tape works on the arena nodes themselves (no copy to sync): the Values a user holds show
+# the new data and gradients at once.
 #
 # Lifetime: the tape holds a reference on the output node (which holds the whole graph) and on
 # every bound input and parameter, so no node of the graph can be freed while the tape is open;

@@ -13,12 +13,12 @@ graph behind ``loss`` once; afterwards
   ``g.train_step(lr)`` the same with ``p.data -= lr * p.grad`` over ``Graph(..., params=...)``;
   both return this step's loss.
 
-Every value and gradient is the same bits, and the same int/float type, as building the
-expression again in Python and calling ``backward()``: the replay goes through the engine's own
-op table, children before parents, and back-propagates in ``backward()``'s own order. ``relu``, ``abs`` and ``**`` re-evaluate their branch
-each time, so data-dependent *values* are fine; what must not depend on the data is the graph's
-*structure* (which ops, on which operands): a Python ``if`` that picks a different expression is
-not seen by a replay.
+Every value and gradient is the same bits, and the same int/float type, as building the expression
+again in Python and calling ``backward()``: the replay goes through the engine's own op table,
+children before parents, and back-propagates in ``backward()``'s own order. ``relu``, ``abs`` and
+``**`` re-evaluate their branch each time, so data-dependent *values* are fine; what must not
+depend on the data is the graph's *structure* (which ops, on which operands): a Python ``if`` that
+picks a different expression is not seen by a replay.
 
 Training a ``michigrad.nn`` model::
 
