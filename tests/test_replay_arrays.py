@@ -182,7 +182,8 @@ def test_int_operands_replay_with_ints(MLArray: type) -> None:  # noqa: N803
 def test_a_forward_error_is_a_fresh_builds_whatever_order_the_replay_runs_in() -> None:
     """The compiled replay runs a graph with matmul outputs depth by depth; an error must still
     be the one the topological order meets first (as a fresh build, and the reference replay),
-    with the nodes before it new and the rest old."""
+    with the nodes before it new and the rest old -- here the matmul's outputs, which the depth
+    pass computes before it meets the other error."""
     from michigrad.array import array_class
 
     results = []
@@ -190,11 +191,13 @@ def test_a_forward_error_is_a_fresh_builds_whatever_order_the_replay_runs_in() -
         M = array_class(engine)  # noqa: N806
         rng = np.random.default_rng(4)
         x, w = M(rng.uniform(0.5, 1.0, (6, 40))), M(rng.uniform(0.5, 1.0, (40, 9)))
-        y = x @ w  # depth 1, and x.exp() below is depth 1 too; y.log() is depth 2
-        root = y.log().sum() + x.exp().sum()
+        y = x @ w
+        # depth 1: x * 1.0, y and x.exp(); depth 2: the log. In the topological order the log
+        # of (x * 1.0)[0, 0] comes first, y and the exps after it.
+        root = (x * 1.0).log().sum() + y.sum() + x.exp().sum()
         g = Graph(root)
-        x[0, 0].data = -1000.0  # y[0, :] < 0: log fails (first in topological order) ...
-        x[1, 1].data = 1000.0  # ... and exp overflows (first in depth order)
+        x[0, 0].data = -1.0  # the log fails: first in topological order ...
+        x[1, 1].data = 1000.0  # ... the exp overflows: first in depth order
         with pytest.raises(ValueError) as error:
             g.forward()
         with pytest.raises(RuntimeError, match="stale"):

@@ -147,6 +147,10 @@ cdef int raise_node_forward_error(Node* nodes, int32_t i, int error) except -1
 
 
 # Graph replay (_replay.pxi): a recorded graph, re-run in C through the op table.
+ctypedef struct SavedData:
+    double data
+    uint16_t flags
+
 cdef class Tape:
     cdef int32_t root
     cdef int32_t* order          # op nodes, children before parents (backward()'s order)
@@ -154,7 +158,8 @@ cdef class Tape:
                                  # when the graph has matmul outputs (else NULL)
     cdef Py_ssize_t* depth_ends  # by_depth[depth_ends[d-1] : depth_ends[d]]: the nodes of depth d+1
     cdef Py_ssize_t ndepths
-    cdef bint fallible           # an op node's forward may raise (exp, log, the powers)
+    cdef SavedData* saved        # by depth, when an op may fail (exp, log, the powers): the old
+                                 # data of the nodes a forward has replaced (else NULL)
     cdef Py_ssize_t count
     cdef int32_t* leaves         # the graph's leaves, each once (checked for a late _backward)
     cdef Py_ssize_t nleaves

@@ -200,24 +200,16 @@ cdef inline Py_ssize_t dot_group(Node* nodes, int32_t* outs, Py_ssize_t size, bi
     return DOT_GROUP if size >= DOT_GROUP and share_a_row(nodes, outs, DOT_GROUP, by_w) else 1
 
 
-ctypedef struct SavedData:
-    double data
-    uint16_t flags
-
-
-cdef SavedData* save_data(Node* nodes, int32_t* order, Py_ssize_t count) except NULL:
-    """The data and flags of the ordered nodes, as a malloc'd array."""
-    cdef SavedData* saved = <SavedData*>malloc(<size_t>(count if count > 0 else 1) * sizeof(SavedData))
+cdef inline void save_data(Node* nodes, int32_t* order, Py_ssize_t count, SavedData* saved) noexcept nogil:
+    """saved[k] <- the data and flags of node order[k], k < count."""
     cdef Py_ssize_t k
-    if saved == NULL:
-        raise MemoryError()
     for k in range(count):
         saved[k].data = nodes[order[k]].data
         saved[k].flags = nodes[order[k]].flags
-    return saved
 
 
 cdef void restore_data(Node* nodes, int32_t* order, Py_ssize_t count, SavedData* saved) noexcept:
+    """save_data undone: node order[k] <- saved[k], k < count."""
     cdef Py_ssize_t k
     for k in range(count):
         nodes[order[k]].data = saved[k].data
@@ -305,20 +297,25 @@ cdef class Tape:
                         self.nleaves += 1
             self.inputs = copy_indices(inputs, &self.ninputs)
             self.params = copy_indices(params, &self.nparams)
-            self.fallible = False
-            for k in range(count):
-                if may_fail(A.nodes[order[k]].op):
-                    self.fallible = True
             for k in range(count):
                 if shared_linear(&A.nodes[order[k]]):  # a matmul's outputs: forward runs by depth
                     self.by_depth = depth_order(order, count, &self.depth_ends, &self.ndepths)
+                    break
+            for k in range(count if self.by_depth != NULL else 0):
+                if may_fail(A.nodes[order[k]].op):  # an error must find the old data: room for it
+                    self.saved = <SavedData*>malloc(<size_t>count * sizeof(SavedData))
+                    if self.saved == NULL:
+                        raise MemoryError()
                     break
         except BaseException:
             free(order)
             free(self.leaves)
             free(self.inputs)
             free(self.params)
-            self.leaves = self.inputs = self.params = NULL
+            free(self.by_depth)
+            free(self.depth_ends)
+            self.leaves = self.inputs = self.params = self.by_depth = NULL
+            self.depth_ends = NULL
             raise
         self.order = order
         self.count = count
@@ -349,12 +346,14 @@ cdef class Tape:
         free(self.order)
         free(self.by_depth)
         free(self.depth_ends)
+        free(self.saved)
         free(self.leaves)
         free(self.inputs)
         free(self.params)
         free(self.update)
         self.order = self.by_depth = self.leaves = self.inputs = self.params = self.update = NULL
         self.depth_ends = NULL
+        self.saved = NULL
         self.count = self.nleaves = self.ninputs = self.nparams = self.nupdate = 0
         self.update_groups = None
 
@@ -428,17 +427,15 @@ cdef class Tape:
         """run_forward depth by depth: a run of 'linear' nodes over shared rows on copies of the
         rows (forward_linear_run), the other nodes one at a time. A forward error must be the
         one a fresh build raises, with the nodes before it (in the topological order) new and
-        the rest old: so where an op can fail, the old values are kept, and on an error put
-        back before the topological order is walked."""
+        the rest old: so where an op can fail, each node's old data is kept as it is replaced,
+        and on an error put back before the topological order is walked."""
         cdef Node* nodes = A.nodes
         cdef int32_t* order = self.by_depth
         cdef Py_ssize_t k = 0, j, run, end, d
         cdef RowBuffer rows
-        cdef SavedData* saved = NULL
+        cdef SavedData* saved = self.saved  # saved[k]: node order[k]'s data before this forward
         rows.data = rows.grad = NULL
         rows.capacity = rows.grad_capacity = 0
-        if self.fallible:
-            saved = save_data(nodes, self.order, self.count)
         try:
             for d in range(self.ndepths):
                 end = self.depth_ends[d]
@@ -446,19 +443,19 @@ cdef class Tape:
                     run = 0
                     while k + run < end and run < MAX_BATCH and shared_linear(&nodes[order[k + run]]):
                         run += 1
+                    if saved != NULL:
+                        save_data(nodes, order + k, max(run, 1), saved + k)
                     if run >= DOT_GROUP and forward_linear_run(nodes, order + k, run, &rows):
                         k += run
                         continue
                     for j in range(k, k + max(run, 1)):
-                        if node_forward(nodes, order[j]):
-                            if saved != NULL:  # (an error needs a fallible op: saved is set)
-                                restore_data(nodes, self.order, self.count, saved)
+                        if node_forward(nodes, order[j]):  # (only a fallible op: saved is set)
+                            restore_data(nodes, order, j, saved)
                             return self.forward_nodes(self.order, 0, self.count)  # raises
                     k += max(run, 1)
         finally:
             free(rows.data)
             free(rows.grad)
-            free(saved)
         return 0
 
     cdef int run_backward(self) except -1:
