@@ -754,6 +754,17 @@ def test_binary_pow_errors_leave_no_node(K, Value, engine, xs, ys):
                     lambda: K.array_binary("pow", a, arange(2), b, arange(2)), type(scalar_error.value))
 
 
+def test_a_pow_error_late_in_the_array_with_one_node_on_both_sides_leaves_no_node(K, Value, engine):
+    """x ** x over the same nodes: each checked element holds two references to one node until
+    the error at the last one gives them all back."""
+    store = numbers(K, [2.0, 3, 0.5, -0.5])
+    with pytest.raises(ValueError) as scalar_error:
+        Value(-0.5) ** Value(-0.5)
+    check_unchanged(K, engine, stats_now(engine), store, 4,
+                    lambda: K.array_binary("pow", store, arange(4), store, arange(4)), ValueError,
+                    match=re.escape(str(scalar_error.value)))
+
+
 # ------------------------------------------------------------------------------ storage
 
 def test_numbers_keep_ints_and_huge_ints_become_floats(K):

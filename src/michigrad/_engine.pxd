@@ -135,6 +135,7 @@ cdef class NodeStore:
 
 cdef Value handle_of(int32_t i)
 cdef int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a, int32_t b) except -1
+cdef int32_t adopting_node(double data, uint16_t flags, uint16_t op, int32_t a, int32_t b) noexcept
 cdef int reserve(int32_t n) except -1
 cdef void incref_node(int32_t i) noexcept
 cdef void decref_node(int32_t i) noexcept

@@ -118,11 +118,10 @@ cdef inline int reserve(int32_t n) except -1:
     return 0
 
 
-cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a, int32_t b) except -1:
-    """A fresh node with children a and b (-1 for none), holding a reference to each. Its own
-    count starts at zero: the caller links it to a handle or a parent."""
-    if A.nfree == 0:
-        grow(1)
+cdef inline int32_t adopting_node(double data, uint16_t flags, uint16_t op, int32_t a,
+                                  int32_t b) noexcept:
+    """new_node for a caller that has already taken the references to a and b the node holds,
+    and a slot in reserve (A.nfree > 0)."""
     A.nfree -= 1
     cdef int32_t i = A.free_slots[A.nfree]
     cdef Node* n = &A.nodes[i]
@@ -140,12 +139,21 @@ cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a
     n.flags = flags | F_GRAD_INT  # grad starts as the int 0, as in micrograd
     n.handle = NULL
     n.extra = NULL
+    A.live += 1
+    A.allocations += 1
+    return i
+
+
+cdef inline int32_t new_node(double data, uint16_t flags, uint16_t op, int32_t a, int32_t b) except -1:
+    """A fresh node with children a and b (-1 for none), holding a reference to each. Its own
+    count starts at zero: the caller links it to a handle or a parent."""
+    if A.nfree == 0:
+        grow(1)
+    cdef int32_t i = adopting_node(data, flags, op, a, b)
     if a >= 0:
         A.nodes[a].refcnt += 1
     if b >= 0:
         A.nodes[b].refcnt += 1
-    A.live += 1
-    A.allocations += 1
     return i
 
 
