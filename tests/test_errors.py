@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import ENGINE_NAMES, engine_value_class
 
 
 def _num(x: Any) -> tuple[str, Any]:
@@ -129,6 +130,27 @@ def test_forward_error_leaves_existing_graph_and_gradients_untouched(
     twin_root.backward()
     twin_root.backward()
     assert [_num(v.grad), _num(w.grad)] == [_num(twin_v.grad), _num(twin_w.grad)]
+
+
+NUMERIC_ERRORS = [case for case in FORWARD_ERRORS if case[3] is not TypeError]
+
+
+@pytest.mark.parametrize(
+    ("expr", "x", "op", "exc"), NUMERIC_ERRORS, ids=[case[0] for case in NUMERIC_ERRORS]
+)
+def test_both_engines_raise_the_same_message(
+    expr: str, x: Any, op: Callable[[Any], Any], exc: type[BaseException]
+) -> None:
+    """The fallback engine's numeric errors read as the compiled engine's (an overflowing power
+    once gave errno's "(34, 'Numerical result out of range')" in one engine only). TypeErrors
+    are Python's own and name the type as Python knows it ('michigrad._engine.Value' for the
+    compiled one)."""
+    messages = []
+    for name in ENGINE_NAMES:
+        with pytest.raises(exc) as error:
+            op(engine_value_class(name)(x))
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
 
 
 @pytest.mark.parametrize("bad", ["a", None, 1j, b"1", [1.0], (1.0,), {}], ids=repr)

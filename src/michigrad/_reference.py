@@ -72,13 +72,16 @@ def _number_or_none(x: Any) -> Number | None:
 def _pow(x: Number, y: Number) -> Number:
     """``x ** y`` as Python computes it, with a ValueError where Python would return a complex
     number, and int results of 2**53 or more computed in floating point."""
-    if type(x) is int and type(y) is int and y >= 0:
-        approx = float(x) ** float(y)  # OverflowError if it cannot be a float at all
-        return x**y if abs(approx) < _EXACT_INT_LIMIT else approx
     if x < 0 and math.isfinite(x) and math.isfinite(y) and not float(y).is_integer():
         # checked first: Python's complex power can overflow before returning its complex result
         raise ValueError(f"{x!r} ** {y!r} is a complex number; Value supports real numbers only")
-    return x**y
+    try:
+        if type(x) is int and type(y) is int and y >= 0:
+            approx = float(x) ** float(y)  # OverflowError if it cannot be a float at all
+            return x**y if abs(approx) < _EXACT_INT_LIMIT else approx
+        return x**y
+    except OverflowError:  # Python's message is errno's "(34, 'Numerical result out of range')"
+        raise OverflowError(f"{x!r} ** {y!r} is too large for a float") from None
 
 
 def _ieee_pow(x: float, y: float) -> float:
