@@ -408,7 +408,7 @@ class Value:
         return self * -1
 
     def __radd__(self, other: Any) -> Value:  # other + self
-        return self + other
+        return self.__add__(other)  # (not `self + other`: NotImplemented must reach Python)
 
     def __sub__(self, other: Any) -> Value:  # self - other
         if not isinstance(other, Value):
@@ -424,7 +424,7 @@ class Value:
         return other + (-self)
 
     def __rmul__(self, other: Any) -> Value:  # other * self
-        return self * other
+        return self.__mul__(other)
 
     def __truediv__(self, other: Any) -> Value:  # self / other
         if not isinstance(other, Value):
