@@ -602,37 +602,43 @@ def max_of(values):
     return new_handle(i)
 
 cdef KidBlock** new_blocks(Py_ssize_t count, int32_t n) except NULL:
-    """count malloc'd shared blocks of n children each (refcnt 0, children to be filled in):
-    all allocated before the first node is made, so that nothing can fail once nodes are."""
+    """count shared blocks of n children each (refcnt 0, children to be filled in), in one slab,
+    and the array of pointers to them: all allocated before the first node is made, so that
+    nothing can fail once nodes are."""
     global live_blocks
-    cdef KidBlock** blocks = <KidBlock**>calloc(<size_t>(count if count > 0 else 1), sizeof(KidBlock*))
+    # each block is the struct then its n children, rounded up to keep the next one aligned
+    cdef size_t stride = (sizeof(KidBlock) + <size_t>n * sizeof(int32_t) + 7) // 8 * 8
     cdef Py_ssize_t r
-    if blocks == NULL:
+    if count <= 0 or <size_t>count > (SIZE_MAX - sizeof(BlockSlab)) // stride:
         raise MemoryError("michigrad: out of memory for the operand rows of a matmul")
+    cdef BlockSlab* slab = <BlockSlab*>malloc(sizeof(BlockSlab) + <size_t>count * stride)
+    if slab == NULL:
+        raise MemoryError("michigrad: out of memory for the operand rows of a matmul")
+    cdef KidBlock** blocks = <KidBlock**>malloc(<size_t>count * sizeof(KidBlock*))
+    if blocks == NULL:
+        free(slab)
+        raise MemoryError("michigrad: out of memory for the operand rows of a matmul")
+    slab.live = count
+    cdef char* at = <char*>(slab + 1)
     for r in range(count):
-        blocks[r] = <KidBlock*>malloc(sizeof(KidBlock) + <size_t>n * sizeof(int32_t))
-        if blocks[r] == NULL:
-            free_blocks(blocks, count)
-            raise MemoryError("michigrad: out of memory for the operand rows of a matmul")
-        live_blocks += 1
+        blocks[r] = <KidBlock*>(at + <size_t>r * stride)
         blocks[r].refcnt = 0
         blocks[r].mark = 0
         blocks[r].n = n
         blocks[r].nleaves = 0
+        blocks[r].slab = slab
         blocks[r].kids = <int32_t*>(blocks[r] + 1)  # the children follow the struct
+    live_blocks += count
     return blocks
 
 
 cdef void free_blocks(KidBlock** blocks, Py_ssize_t count) noexcept:
     """Free what new_blocks made, before any node took a block (or NULL: nothing)."""
-    cdef Py_ssize_t r
     global live_blocks
     if blocks != NULL:
-        for r in range(count):
-            if blocks[r] != NULL:
-                live_blocks -= 1
-            free(blocks[r])
+        free(blocks[0].slab)
         free(blocks)
+        live_blocks -= count
 
 
 ctypedef struct GridRows:

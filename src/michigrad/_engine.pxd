@@ -52,6 +52,12 @@ cdef enum Flag:
     F_SHARED_KIDS = 32  # the children are two KidBlocks shared with other nodes (kids.block,
                         # aux.block): array_matmul's operand rows
 
+# The blocks of one operand of one array_matmul call, in one malloc: the slab header, then the
+# blocks side by side (one allocation per call instead of one per row, and the rows the
+# topological sort, the sweep and the release walk lie together). The last block released frees it.
+ctypedef struct BlockSlab:
+    Py_ssize_t live      # the slab's blocks not yet released
+
 # A row of children that many nodes share: array_matmul's operand rows (a w row with its bias,
 # an x row), each stored once instead of once per output node. The block holds one reference to
 # each of its nodes; each node whose children it is holds one reference to the block.
@@ -63,7 +69,8 @@ ctypedef struct KidBlock:
     int32_t nleaves      # how many of the children are leaves (nkids 0): the backward sweep
                          # defers the gradients of a row of leaves only
     Py_ssize_t row       # place_rows' scratch: where the block's copy starts in a RowBuffer
-    int32_t* kids        # the n children (stored right after the struct, in the same malloc)
+    BlockSlab* slab      # the allocation the block lives in
+    int32_t* kids        # the n children (stored right after the struct, in the same slab)
 
 # More than two children (Python ops, 'linear', 'sum', 'max', 'min') live in a malloc'd array
 # owned by the node, or (F_SHARED_KIDS) in two shared blocks: kids.block, then aux.block.

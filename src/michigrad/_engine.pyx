@@ -24,7 +24,7 @@ from cpython.number cimport PyIndex_Check
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.math cimport copysign, exp, expm1, fabs, floor, fmod, isfinite, isinf, isnan, log, pow, tanh, INFINITY, NAN
-from libc.stdint cimport INT32_MAX, int32_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT32_MAX, SIZE_MAX, int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 
@@ -194,11 +194,15 @@ cdef inline void release_block(KidBlock* block) noexcept:
     """Drop a node's reference to a shared block; the last one frees it and releases its
     children (queued on the running release loop)."""
     cdef int32_t k
+    cdef BlockSlab* slab
     block.refcnt -= 1
     if block.refcnt == 0:
         for k in range(block.n):
             queue_if_dead(block.kids[k])
-        free(block)
+        slab = block.slab
+        slab.live -= 1
+        if slab.live == 0:
+            free(slab)
         global live_blocks
         live_blocks -= 1
 
