@@ -54,7 +54,8 @@ cdef enum Flag:
 
 # The blocks of one operand of one array_matmul call, in one malloc: the slab header, then the
 # blocks side by side (one allocation per call instead of one per row, and the rows the
-# topological sort, the sweep and the release walk lie together). The last block released frees it.
+# topological sort, the sweep and the release walk lie together). The last block released frees
+# it: an output that outlives the others keeps the slab's memory, not the nodes of its rows.
 ctypedef struct BlockSlab:
     Py_ssize_t live      # the slab's blocks not yet released
 
