@@ -12,6 +12,7 @@ import math
 import random
 import subprocess
 import sys
+import warnings
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -97,6 +98,17 @@ def test_from_numpy_arrays(MLArray):
         MLArray(np.array([1 + 2j]))
 
 
+def test_numpy_subclasses_read_as_numpy_reads_them(MLArray):
+    """A masked array gives its data (both engines: one read the masked entries as None), an
+    np.matrix its 2-D values (it stayed 2-D when flattened)."""
+    masked = np.ma.masked_array([1.0, 2.0], mask=[False, True])
+    assert MLArray(masked).to_list() == [1.0, 2.0] == MLArray([masked]).to_list()[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # NumPy's, about np.matrix
+        matrix = np.matrix([[1.0, 2.0], [3.0, 4.0]])
+    assert MLArray(matrix).to_list() == [[1.0, 2.0], [3.0, 4.0]]
+
+
 def test_from_values_references_the_same_nodes(MLArray, Value):
     v, w = Value(1.0), Value(2)
     a = MLArray([[v, 3], [w, 4.5]])
@@ -161,6 +173,8 @@ def test_len_iter_item_bool_like_numpy(MLArray, Value):
         m.item()
     with pytest.raises(ValueError, match="ambiguous"):
         bool(m)
+    with pytest.raises(ValueError, match="empty MLArray is ambiguous"):
+        bool(MLArray([]))
     assert sum(MLArray([1.0, 2.0, 3.0])).data == 6.0  # builtin sum over the Values
 
 
@@ -212,6 +226,21 @@ def test_incompatible_shapes_name_both(MLArray):
     for op in (lambda: a + b, lambda: a - b, lambda: a * b, lambda: a / b, lambda: a ** b):
         with pytest.raises(ValueError, match=r"\(2, 3\) \(4,\)"):
             op()
+    n = np.zeros(4)  # a left operand that is not an MLArray comes first too, as in NumPy
+    for op in (lambda: n + a, lambda: n - a, lambda: n * a, lambda: n / a, lambda: n ** a):
+        with pytest.raises(ValueError, match=r"\(4,\) \(2, 3\)"):
+            op()
+
+
+def test_a_division_with_no_element_divides_nothing(MLArray):
+    """b ** -1 was taken over b's own elements before broadcasting: a zero there raised for a
+    result with no element (NumPy and torch give the empty array)."""
+    b = MLArray([0.0, 1.0, 2.0])
+    assert (MLArray.zeros(0, 3) / b).shape == (0, 3)
+    assert (np.zeros((0, 3)) / b).shape == (0, 3)
+    assert (MLArray.zeros(0, 3) / 0).shape == (0, 3)
+    with pytest.raises(ZeroDivisionError):
+        MLArray.zeros(1, 3) / b
 
 
 def test_each_element_is_the_scalar_values_graph(MLArray, Value):
@@ -437,6 +466,10 @@ def test_reduction_axis_errors_like_numpy(MLArray):
         a.sum(axis=1.5)
     with pytest.raises(ValueError, match="out of bounds"):
         MLArray(1.0).sum(axis=0)
+    with pytest.raises(TypeError, match="bool"):  # NumPy: 'an integer is required'
+        a.sum(axis=True)
+    with pytest.raises(TypeError, match="bool"):
+        a.max(axis=(0, np.bool_(False)))
 
 
 def test_empty_reductions(MLArray):
@@ -497,6 +530,11 @@ def test_transpose(MLArray):
     with pytest.raises(ValueError):
         a.transpose(0, 1)
     assert MLArray([1.0, 2.0]).T.shape == (2,)
+    np.testing.assert_array_equal(a.transpose(np.array([2, 0, 1])).to_numpy(), x.transpose(2, 0, 1))
+    for empty in ((), []):  # an explicit empty permutation is not "reverse" (NumPy: ValueError)
+        with pytest.raises(ValueError, match="axes don't match"):
+            a.transpose(empty)
+    assert MLArray(2.0).transpose(()).to_list() == 2.0
 
 
 # ============================================================================== indexing
@@ -561,6 +599,55 @@ def test_setitem_repoints_slots_and_views_see_it(MLArray, Value):
     with pytest.raises(IndexError):
         a[5] = 1
     assert a.to_list()[0] == [1, 2, 3, 9.0]  # failed assignments changed nothing
+
+
+def test_setitem_from_numbers_makes_a_leaf_per_element(MLArray, Value):
+    """Numbers (a number, lists, a numpy array) become one new leaf per selected element, so
+    the elements train apart (they were tied to one node: an update moved them together and
+    their gradients summed); a Value or an MLArray is referenced, as documented."""
+    w = MLArray.zeros(2, 3)
+    w[0] = 0.5
+    assert w[0, 0] is not w[0, 1] and w.to_list()[0] == [0.5, 0.5, 0.5]
+    w.update_values([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert w.to_list() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    (w * MLArray([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])).sum().backward()
+    assert w.grad_numpy().tolist() == [[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]
+    a = MLArray.zeros(2, 3)
+    a[:] = [1, 2.0, 3]  # a list broadcast over the rows: ints stay ints, as MLArray([1]) keeps
+    assert a[0, 0] is not a[1, 0] and a.to_list() == [[1, 2.0, 3], [1, 2.0, 3]]
+    a[:, 1] = np.array([7.0, 8.0])
+    a[1] = np.array([[True, False, True]])  # a leading length-1 axis is dropped, as in NumPy
+    assert a.to_list() == [[1, 7.0, 3], [1, 0, 1]] and a[1, 0] is not a[1, 2]
+    v = Value(4.0)
+    a[0] = [v, 5, v]  # Values in a list are referenced, numbers become leaves
+    assert a[0, 0] is v and a[0, 2] is v and a.to_list()[0] == [4.0, 5, 4.0]
+    a[1] = v  # a Value broadcast: every selected element is that node
+    assert a[1, 0] is v and a[1, 2] is v
+
+
+def test_setitem_and_update_values_drop_leading_length_one_axes(MLArray):
+    a = MLArray.zeros(2, 3)
+    a[:] = np.full((1, 1, 3), 2.0)  # (1, 1, 3) into (2, 3)
+    a[0] = MLArray.ones(1, 3)
+    assert a.to_list() == [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    b = MLArray.zeros(3).update_values(np.ones((1, 3)))
+    assert b.to_list() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"from shape \(2, 3\) into shape \(3,\)"):
+        a[0] = MLArray.zeros(2, 3)  # a leading axis of 2 is not dropped
+    with pytest.raises(ValueError, match=r"shape \(2, 3\) does not fit"):
+        b.update_values(np.zeros((2, 3)))
+    assert a.to_list() == [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]] and b.to_list() == [1.0] * 3
+
+
+def test_an_empty_sum_gives_each_element_its_own_zero(MLArray):
+    s = MLArray.zeros(0, 3).sum(axis=0)
+    assert s.to_list() == [0, 0, 0] and type(s.to_list()[0]) is int  # Python's sum([])
+    s[0] = 5
+    assert s.to_list() == [5, 0, 0]
+    s.update_values([1.0, 2.0, 3.0])
+    assert s.to_list() == [1.0, 2.0, 3.0]
+    k = MLArray.zeros(2, 0).sum(axis=1, keepdims=True)
+    assert k.shape == (2, 1) and k[0, 0] is not k[1, 0]
 
 
 def test_setitem_then_backward_reaches_the_new_node(MLArray, Value):
@@ -655,6 +742,10 @@ def test_random_constructors_use_pythons_random(MLArray):
     assert he.shape == (50, 40) and abs(he.std() - math.sqrt(2 / 50)) < 0.02
     with pytest.raises(TypeError, match="rng"):
         MLArray.randn(2, rng="seed")
+    for init in (MLArray.xavier_uniform, MLArray.xavier_normal, MLArray.he_normal):
+        assert init(0, 4).shape == (0, 4) and init(3, 0).shape == (3, 0)  # no draw, no scale
+        with pytest.raises(ValueError, match="negative dimensions"):
+            init(-2, 4)
 
 
 def test_module_functions_use_the_active_engine():
@@ -704,6 +795,14 @@ def test_softmax_is_stable_for_huge_logits(MLArray):
     assert ls[1, 2] == 0.0
     A.log_softmax(a).sum().backward()
     assert np.isfinite(a.grad_numpy()).all()
+
+
+def test_softmax_over_an_empty_axis_is_empty(MLArray):
+    from michigrad import array as A
+
+    assert A.softmax(MLArray.zeros(3, 0), axis=1).shape == (3, 0)  # as torch's
+    assert A.log_softmax(MLArray.zeros(0, 4), axis=0).shape == (0, 4)
+    assert A.softmax(MLArray.zeros(0, 4), axis=1).shape == (0, 4)
 
 
 # ================================================================================ lifetime

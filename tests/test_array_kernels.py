@@ -541,6 +541,22 @@ def test_unary_values_and_gradients_match_torch(K, op):
     torch_check(K, lambda s: K.array_unary(op, s, arange(50), c), fn, xs)
 
 
+def test_std_is_the_root_with_no_gradient_where_it_is_zero(K):
+    """'std' (MLArray.std's last node): x ** 0.5's value and, where it is not 0, its gradient
+    bit for bit; 0 where it is 0 (PyTorch's std), where '**0.5' gives inf and NaN below."""
+    s = numbers(K, [0.0, 4.0, 2.25, 0, 1e-300])
+    out = K.array_unary("std", s, arange(5), 7.0)  # (the constant is always 0.5)
+    powc = K.array_unary("powc", s, arange(5), 0.5)
+    assert K.array_numbers(out, arange(5)) == K.array_numbers(powc, arange(5))
+    assert [v._op for v in K.array_values(out, arange(5))] == ["std"] * 5
+    K.array_backward(K.array_reduce("sum", out, arange(5).reshape(1, 5)), 0)
+    grads = K.array_grad(s, arange(5)).tolist()
+    assert [bits(g) for g in grads] == [bits(x) for x in (0.0, 0.25, 0.5 * 2.25 ** -0.5, 0.0,
+                                                          0.5 * 1e-300 ** -0.5)]
+    with pytest.raises(ValueError, match="complex"):
+        K.array_unary("std", numbers(K, [-1.0]), arange(1))
+
+
 @pytest.mark.parametrize("op", ["add", "mul", "pow"])
 def test_binary_values_and_gradients_match_torch(K, op):
     rng = random.Random(op)
@@ -581,7 +597,7 @@ def run_program(K, program, xs):
     n = len(xs)
     for op, arg in program:
         src = stores[arg % len(stores)]
-        if op in ("exp", "tanh", "relu", "sigmoid", "abs", "leaky_relu", "elu"):
+        if op in ("exp", "tanh", "relu", "sigmoid", "abs", "leaky_relu", "elu", "std"):
             stores.append(K.array_unary(op, src, arange(n), {"leaky_relu": 3, "elu": 0.5}.get(op, 0.0)))
         elif op == "powc":
             stores.append(K.array_unary(op, src, arange(n), 2))
@@ -608,7 +624,7 @@ def run_program(K, program, xs):
             [[v._op for v in K.array_values(s, arange(n))] for s in stores])
 
 
-OPS = ["exp", "tanh", "relu", "sigmoid", "abs", "leaky_relu", "elu", "powc", "add", "mul",
+OPS = ["exp", "tanh", "relu", "sigmoid", "abs", "leaky_relu", "elu", "std", "powc", "add", "mul",
        "sum", "max", "min", "linear", "matmul"]
 
 

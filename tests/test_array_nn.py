@@ -142,6 +142,30 @@ def test_dense_parameters_state_dict_and_saving(active, tmp_path):
     assert all(p.grad == 0 for p in model.parameters())
 
 
+def test_deepcopy_of_an_array_model_keeps_its_weights_apart(active):
+    """copy.deepcopy(model) -- "keep the best model" -- works for array layers as for Linear:
+    new leaves with the same data and gradients, trained apart from the original."""
+    import copy
+
+    MLArray = active
+    random.seed(5)
+    model = nn.Sequential(nn.Dense(2, 3, activation="tanh"), nn.Dense(3, 1))
+    X = MLArray([[0.5, -1.0], [2.0, 0.25]])
+    (model(X) ** 2).sum().backward()
+    best = copy.deepcopy(model)
+    assert best(X).to_list() == model(X).to_list()
+    assert [p.grad for p in best.parameters()] == [p.grad for p in model.parameters()]
+    assert not any(p is q for p, q in zip(best.parameters(), model.parameters()))
+    before = [p.data for p in best.parameters()]
+    optim.SGD(model.parameters(), lr=0.1).step()
+    assert [p.data for p in best.parameters()] == before != [p.data for p in model.parameters()]
+    shared = nn.Dense(2, 2)
+    twice = copy.deepcopy(nn.Sequential(shared, shared))  # one module: still one after copying
+    assert twice[0].weight[0, 0] is twice[1].weight[0, 0]
+    with pytest.raises(TypeError, match="leaf"):
+        copy.deepcopy(model(X))  # op nodes: their closures cannot be copied, as for a Value
+
+
 @pytest.mark.parametrize("make_opt", [lambda p: optim.SGD(p, lr=0.1),
                                       lambda p: optim.Adam(p, lr=0.05)])
 def test_dense_trains_with_an_optimiser(active, make_opt):

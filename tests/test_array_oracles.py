@@ -10,6 +10,7 @@ import math
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -134,14 +135,24 @@ def test_reductions_on_every_axis(MLArray, case, name, seed):
     shape, axis, keepdims = case
     x = seeded(seed, shape)  # continuous: no ties (torch shares a tie's gradient, NumPy's
     # argmax -- and ours -- gives it to the first; test_array.py checks ties)
-    axes = range(len(shape)) if axis is None else np.atleast_1d(axis) % len(shape)
-    if name == "std" and np.prod([shape[d] for d in axes]) < 2:
-        name = "var"  # the gradient of sqrt at 0 is infinite
     want_np = getattr(np, name)(x, axis=axis, keepdims=keepdims)
     ours = getattr(MLArray(x), name)(axis=axis, keepdims=keepdims)
     np.testing.assert_allclose(ours.to_numpy(), want_np, rtol=RTOL, atol=1e-13)
     check(MLArray, lambda a: getattr(a, name)(axis=axis, keepdims=keepdims), [x], seed,
           build_torch=lambda t: torch_reduce(name, t, axis, keepdims))
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_std_of_a_constant_slice_has_pytorchs_zero_gradient(MLArray, axis, ddof):
+    """std's gradient where the spread is 0 is 0, as torch's (the root's derivative there is
+    infinite: '** 0.5' would make every gradient below it NaN)."""
+    x = np.array([[3.0, 3.0, 3.0], [1.0, 2.0, 4.0], [0.5, 0.5, 0.5]])
+    check(MLArray, lambda a: a.std(axis=axis, ddof=ddof), [x],
+          build_torch=lambda t: t.std(dim=axis, correction=ddof))
+    a = MLArray(x[0])
+    a.std().backward()
+    assert [bits(g) for g in a.grad_numpy().tolist()] == [bits(0.0)] * 3
 
 
 # ==================================================================================== matmul

@@ -56,6 +56,30 @@ def test_array_graph_replays_to_the_bits_of_a_fresh_build(MLArray: type) -> None
     g.close()
 
 
+def test_std_replays_its_zero_gradient_at_zero_spread(MLArray: type) -> None:  # noqa: N803
+    def loss(x: Any) -> Any:
+        return (x.std(axis=1) * MLArray([1.0, 2.0, 3.0])).sum()
+
+    def fresh(batch: Any) -> tuple[Any, list[Any]]:
+        x = MLArray(batch)
+        return loss(x).values()[0], x.values()
+
+    X = MLArray.zeros(3, 4)  # noqa: N806
+    g = Graph(loss(X), inputs=X)
+    leaves = X.values()
+    batches = [np.array([[1.0, 1.0, 1.0, 1.0], [0.5, -1.0, 2.0, 0.0], [3.0, 3.0, 3.0, 3.0]]),
+               np.zeros((3, 4))]
+    check_replays(g, leaves, fresh, batches)
+    g.feed(batches[0])
+    g.forward()
+    for v in leaves:
+        v.grad = 0
+    g.backward()
+    grads = np.array([v.grad for v in leaves]).reshape(3, 4)
+    assert grads[0].tolist() == [0.0] * 4 == grads[2].tolist() and np.isfinite(grads).all()
+    g.close()
+
+
 def test_train_step_over_an_array_model_equals_dynamic_sgd(MLArray: type) -> None:  # noqa: N803
     batches = [np.random.default_rng(k).normal(size=(BATCH, NIN)) for k in range(3)]
     replay_params, dynamic_params = make_params(MLArray), make_params(MLArray)

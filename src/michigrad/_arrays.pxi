@@ -350,7 +350,7 @@ def array_backward(NodeStore store not None, slot):
 
 cdef dict UNARY_OPS = {
     "exp": OP_EXP, "log": OP_LOG, "tanh": OP_TANH, "relu": OP_RELU, "sigmoid": OP_SIGMOID,
-    "abs": OP_ABS, "powc": OP_POWC, "leaky_relu": OP_LEAKY_RELU, "elu": OP_ELU,
+    "abs": OP_ABS, "powc": OP_POWC, "leaky_relu": OP_LEAKY_RELU, "elu": OP_ELU, "std": OP_STD,
 }
 cdef dict BINARY_OPS = {"add": OP_ADD, "mul": OP_MUL, "pow": OP_POW}
 cdef dict REDUCE_OPS = {"sum": OP_SUM, "max": OP_MAX, "min": OP_MIN}
@@ -380,7 +380,7 @@ cdef Result* results_buffer(Py_ssize_t n) except NULL:
 cdef inline bint may_fail(uint16_t op) noexcept nogil:
     """Ops whose forward can raise (exp, log, the powers): their values are all computed and
     checked before the first node is made. The others are computed as each node is made."""
-    return op == OP_EXP or op == OP_LOG or op == OP_POWC or op == OP_POW
+    return op == OP_EXP or op == OP_LOG or op == OP_POWC or op == OP_POW or op == OP_STD
 
 
 cdef inline void load_operands(Node* nodes, int32_t i, int32_t j, double c, bint c_int,
@@ -459,7 +459,7 @@ cdef NodeStore elementwise(uint16_t op, NodeStore a, const int64_t* a_pos, NodeS
         free(res)
         raise
     cdef Node* nodes = A.nodes
-    cdef bint has_aux = op == OP_POWC or op == OP_LEAKY_RELU or op == OP_ELU
+    cdef bint has_aux = op == OP_POWC or op == OP_LEAKY_RELU or op == OP_ELU or op == OP_STD
     cdef uint16_t aux_flag = F_AUX_INT if c_int else 0
     cdef Node* node
     for k in range(n):  # nothing below can fail
@@ -484,12 +484,15 @@ cdef NodeStore elementwise(uint16_t op, NodeStore a, const int64_t* a_pos, NodeS
 
 def array_unary(op, NodeStore store not None, pos, c=0.0):
     """One new node per position: op in exp, log, tanh, relu, sigmoid, abs, powc (x ** c, as
-    Value's `x ** c`: pass an int c for int semantics), leaky_relu (slope c), elu (alpha c)."""
+    Value's `x ** c`: pass an int c for int semantics), leaky_relu (slope c), elu (alpha c),
+    std (x ** 0.5, with no gradient where it is 0: a variance's root, as PyTorch's std)."""
     cdef uint16_t code = op_code(UNARY_OPS, op, "array_unary")
     cdef double cv
     cdef bint ci
     require_number(c, &cv, &ci, "array_unary: c")
-    if code != OP_POWC and code != OP_LEAKY_RELU and code != OP_ELU:
+    if code == OP_STD:  # the root of '**0.5'
+        cv, ci = 0.5, False
+    elif code != OP_POWC and code != OP_LEAKY_RELU and code != OP_ELU:
         cv, ci = 0.0, False  # no op constant: the node is exactly Value's
     cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
     return elementwise(code, store, pos_of(p), None, NULL, p.n, cv, ci)

@@ -33,6 +33,8 @@ cdef enum Op:
     OP_MIN = 15      # 'min': n children; the gradient goes to the first minimal child
     OP_LEAKY_RELU = 16  # 'leaky_relu': x if x > 0 else slope * x, slope kept in aux
     OP_ELU = 17      # 'elu': x if x > 0 else alpha * (exp(x) - 1), alpha kept in aux
+    OP_STD = 18      # 'std': a variance's square root, x ** 0.5 (0.5 kept in aux), whose
+                     # gradient is 0 where it is 0 (PyTorch's std; '**0.5' gives NaN there)
 
 # What an op's forward reports where Python would raise (see raise_forward_error).
 cdef enum ForwardError:

@@ -586,7 +586,7 @@ cdef inline int op_forward(uint16_t op, double x, bint xi, double y, bint yi,
     if op == OP_ADD or op == OP_MUL:
         r[0] = sum_or_product(op == OP_MUL, x, xi, y, yi, ri)
         return FWD_OK
-    if op == OP_POWC or op == OP_POW:
+    if op == OP_POWC or op == OP_POW or op == OP_STD:
         v = python_pow(x, y, &overflow, &zero_division, &complex_result)
         if zero_division:
             return FWD_ZERO_DIVISION
@@ -855,6 +855,8 @@ cdef inline void builtin_local_backward(Node* nodes, int32_t i) noexcept nogil:
             b = &nodes[out.kids.pair[1]]
             contrib = 0.0 if x == 0.0 else out.data * ieee_log(x)
             accumulate(b, contrib * g, False)
+    elif op == OP_STD:  # '**0.5''s float contribution, but none where the root is 0
+        accumulate(a, 0.0 if out.data == 0.0 else pow_grad(a.data, out.aux.c) * g, False)
     elif op == OP_EXP:
         accumulate(a, out.data * g, False)
     elif op == OP_LOG:
@@ -1195,7 +1197,7 @@ cdef object OP_LABELS = {
     OP_LEAF: "", OP_ADD: "+", OP_MUL: "*", OP_POW: "**", OP_EXP: "exp", OP_LOG: "log",
     OP_TANH: "tanh", OP_RELU: "ReLU", OP_SIGMOID: "sigmoid", OP_ABS: "abs", OP_PYTHON: "",
     OP_LINEAR: "linear", OP_SUM: "sum", OP_MAX: "max", OP_MIN: "min",
-    OP_LEAKY_RELU: "leaky_relu", OP_ELU: "elu",
+    OP_LEAKY_RELU: "leaky_relu", OP_ELU: "elu", OP_STD: "std",
 }
 
 

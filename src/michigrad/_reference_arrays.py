@@ -32,7 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._reference import Number, Value, _as_number, _extreme, _fit, _reduction, linear
+from ._reference import (Number, Value, _as_number, _extreme, _fit, _pow, _pow_grad, _reduction,
+                         linear)
 
 __all__ = [
     "NodeStore", "array_from_numbers", "array_from_values", "array_value", "array_values",
@@ -247,6 +248,22 @@ def _elu(x: Value, alpha: Number) -> Value:
     return out
 
 
+def _std(x: Value, c: Number) -> Value:
+    """x ** 0.5 (a variance's root: the standard deviation); backward: '**0.5''s, except that
+    nothing flows where the root is 0 (PyTorch's std, whose gradient there is 0, not NaN)."""
+    def _forward() -> Number:
+        return _pow(x.data, 0.5)
+
+    out = Value(_forward(), (x,), "std")
+    out._forward = _forward
+
+    def _backward() -> None:
+        x.grad += 0.0 if out.data == 0 else _pow_grad(x.data, 0.5) * out.grad
+
+    out._backward = _backward
+    return out
+
+
 # ====================================================================== one node per position
 
 _UNARY: dict[str, Callable[[Value, Number], Value]] = {
@@ -259,6 +276,7 @@ _UNARY: dict[str, Callable[[Value, Number], Value]] = {
     "powc": lambda v, c: v**c,
     "leaky_relu": _leaky_relu,
     "elu": _elu,
+    "std": _std,
 }
 
 _BINARY: dict[str, Callable[[Value, Value], Value]] = {

@@ -35,6 +35,7 @@ Python's ``random`` module -- the global one by default, as SmolML and micrograd
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import math
@@ -84,6 +85,14 @@ def _broadcast_index(index: np.ndarray, shape: Shape) -> np.ndarray:
     """index broadcast to shape: itself when it already has that shape (numpy's broadcast_to
     costs microseconds, a fair part of a small array op)."""
     return index if index.shape == shape else np.broadcast_to(index, shape)
+
+
+def _drop_leading_ones(arr: np.ndarray, ndim: int) -> np.ndarray:
+    """arr without the leading length-1 axes that make it longer than ndim dimensions: NumPy's
+    assignment drops them (``x[0] = np.ones((1, 3))`` sets a row of 3)."""
+    while arr.ndim > ndim and arr.shape[0] == 1:
+        arr = arr[0]
+    return arr
 
 
 def _shape_arg(shape: tuple[Any, ...], what: str) -> Shape:
@@ -193,6 +202,8 @@ class MLArrayBase:
         cls = type(self)
         K = self._kernels
         self._check_engine(data)
+        if isinstance(data, np.ndarray):  # a subclass (masked array, matrix) as NumPy reads it
+            data = np.asarray(data)
         if isinstance(data, MLArrayBase):  # the same nodes, in slots of its own
             return data.copy()._parts()
         if isinstance(data, self._Value):
@@ -225,6 +236,7 @@ class MLArrayBase:
         """The shape of (nested) lists, appending their scalar items to flat (ValueError if
         ragged). Items may be numbers, Values, MLArrays or numpy arrays."""
         if isinstance(data, np.ndarray):  # items (objects too) are checked by _from_flat
+            data = np.asarray(data)
             if data.dtype.kind not in "biufO":
                 raise TypeError(f"cannot make an MLArray from a numpy array of dtype {data.dtype}")
             flat.extend(data.reshape(-1).tolist())
@@ -323,6 +335,9 @@ class MLArrayBase:
             yield self[i]
 
     def __bool__(self) -> bool:
+        if self._index.size == 0:
+            raise ValueError("the truth value of an empty MLArray is ambiguous (use arr.size() > 0 "
+                             "to check that it is not empty)")
         if self._index.size != 1:
             raise ValueError("the truth value of an MLArray with more than one element is "
                              "ambiguous")
@@ -411,7 +426,7 @@ class MLArrayBase:
         it), keeping the nodes; SmolML's ``update_values``. Returns self."""
         if isinstance(new_data, MLArrayBase):
             new_data = new_data.to_numpy()
-        data = np.asarray(new_data, dtype=np.float64)
+        data = _drop_leading_ones(np.asarray(new_data, dtype=np.float64), self.ndim)
         try:
             data = np.broadcast_to(data, self.shape)
         except ValueError:
@@ -450,7 +465,11 @@ class MLArrayBase:
         return self._binary("add", self, b)
 
     def __radd__(self, other: Any) -> MLArrayBase:  # other + self is Value's self + other
-        return self.__add__(other)
+        b = self._operand(other)
+        if b is None:
+            return NotImplemented
+        self._broadcast(b, self)  # (an error names the left operand first)
+        return self._binary("add", self, b)
 
     def __mul__(self, other: Any) -> MLArrayBase:
         b = self._operand(other)
@@ -459,7 +478,11 @@ class MLArrayBase:
         return self._binary("mul", self, b)
 
     def __rmul__(self, other: Any) -> MLArrayBase:  # other * self is Value's self * other
-        return self.__mul__(other)
+        b = self._operand(other)
+        if b is None:
+            return NotImplemented
+        self._broadcast(b, self)
+        return self._binary("mul", self, b)
 
     def __neg__(self) -> MLArrayBase:
         return self * -1
@@ -478,24 +501,28 @@ class MLArrayBase:
         b = self._operand(other)
         if b is None:
             return NotImplemented
-        self._broadcast(self, b)
+        self._broadcast(b, self)
         return (-self) + b
 
     def __truediv__(self, other: Any) -> MLArrayBase:
         x = _number_or_none(other)
         if x is not None:  # Value's `self * other ** -1`, the power taken in Python
+            if self._index.size == 0:  # no element is divided (nor is x inverted)
+                return self * x
             return self * _reference._pow(x, -1)
         b = self._operand(other)
         if b is None:
             return NotImplemented
-        self._broadcast(self, b)
+        if math.prod(self._broadcast(self, b)) == 0:  # b's elements would be inverted for nothing
+            return self * b
         return self * b**-1
 
     def __rtruediv__(self, other: Any) -> MLArrayBase:  # Value's self ** -1 * other
         b = self._operand(other)
         if b is None:
             return NotImplemented
-        self._broadcast(self, b)
+        if math.prod(self._broadcast(b, self)) == 0:
+            return self * b
         return self**-1 * b
 
     def __pow__(self, other: Any, modulo: None = None) -> MLArrayBase:
@@ -593,6 +620,8 @@ class MLArrayBase:
         items = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
         axes: list[int] = []
         for a in items:
+            if isinstance(a, (bool, np.bool_)):
+                raise TypeError("an integer is required for an axis, not a bool")
             a = operator.index(a)
             if not -nd <= a < nd:
                 raise AxisError(a, nd)
@@ -623,8 +652,8 @@ class MLArrayBase:
             if op != "sum":
                 raise ValueError(f"zero-size array to reduction operation {op} which has no "
                                  "identity")
-            zero = self._constant(0)  # Python's sum([]) is the int 0
-            return type(self)._wrap(zero._store, np.zeros(shape, dtype=np.int64))
+            # Python's sum([]) is the int 0: a leaf of its own per element, as every result has
+            return type(self)._from_numbers([0] * math.prod(shape), shape)
         if n == 0:
             return type(self)._from_floats(np.zeros(0), shape)
         return type(self)._new(self._kernels.array_reduce(op, self._store, pos), shape)
@@ -664,8 +693,10 @@ class MLArrayBase:
 
     def std(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> MLArrayBase:
         """Standard deviation: ``var(axis, keepdims, ddof) ** 0.5`` (NumPy's population
-        default)."""
-        return self.var(axis, keepdims, ddof).sqrt()
+        default), one 'std' node per output element. Its gradient is PyTorch's: 0 where the
+        spread is 0 (a constant slice), where ``** 0.5`` would give NaN (its derivative at 0
+        is infinite)."""
+        return self.var(axis, keepdims, ddof)._unary("std")
 
     # ========================================================================= shape changes
 
@@ -683,10 +714,10 @@ class MLArrayBase:
 
     def transpose(self, *axes: Any) -> MLArrayBase:
         """The axes permuted (reversed by default); a view."""
-        perm: Any = axes
-        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
-            perm = axes[0]
-        return type(self)._wrap(self._store, np.transpose(self._index, perm or None))
+        perm: Any = axes if axes else None  # no argument: reversed
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list, np.ndarray))):
+            perm = None if axes[0] is None else tuple(axes[0])  # (an explicit () must fail)
+        return type(self)._wrap(self._store, np.transpose(self._index, perm))
 
     @property
     def T(self) -> MLArrayBase:  # noqa: N802 - NumPy's name
@@ -707,21 +738,52 @@ class MLArrayBase:
         return type(self)._gather(self._store, sub)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        """Re-point the selected elements at value's nodes (numbers become constant leaves;
-        a Value or array broadcasts); every view of this array sees it."""
+        """Re-point the selected elements at value's nodes; every view of this array sees it.
+        A Value, or an MLArray's elements, broadcast as NumPy broadcasts (the elements then are
+        those nodes). Numbers -- a number, (nested) lists, a numpy array -- become new leaves,
+        one per selected element, so that each trains on its own (lists may hold Values too:
+        those are referenced)."""
         if isinstance(key, MLArrayBase):
             raise TypeError("an MLArray cannot index an MLArray; use ints, slices or numpy arrays")
         target = np.asarray(self._index[key])
-        src = self._operand(value)
-        if src is None:
-            raise TypeError(f"cannot assign {type(value).__name__} to MLArray elements")
-        try:
-            source = np.broadcast_to(src._index, target.shape)
-        except ValueError:
-            raise ValueError(f"could not broadcast input array from shape {src.shape} into "
-                             f"shape {target.shape}") from None
+        self._check_engine(value)
+        if isinstance(value, (MLArrayBase, self._Value)):
+            src = self._operand(value)
+            assert src is not None
+            source = self._assigned(src._index, src.shape, target.shape)
+        else:
+            src = self._fresh_leaves(value, target.shape)
+            source = src._index
         self._kernels.array_assign(self._store, _positions(target), src._store,
                                    _positions(source))
+
+    @staticmethod
+    def _assigned(source: np.ndarray, shape: Shape, target: Shape) -> np.ndarray:
+        """source (an index, or numbers) broadcast to the target of an assignment."""
+        try:
+            return np.broadcast_to(_drop_leading_ones(source, len(target)), target)
+        except ValueError:
+            raise ValueError(f"could not broadcast input array from shape {shape} into "
+                             f"shape {target}") from None
+
+    def _fresh_leaves(self, value: Any, target: Shape) -> MLArrayBase:
+        """The numbers of value (a number, (nested) lists, a numpy array) broadcast to target,
+        as new leaves: one per element (Values in a list are referenced)."""
+        if isinstance(value, np.ndarray) and np.asarray(value).dtype.kind in "biuf":
+            numbers = np.asarray(value)
+            data = np.ascontiguousarray(self._assigned(numbers, numbers.shape, target))
+            return type(self)._from_ndarray(data)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            flat: list[Any] = []
+            shape = self._nested(value, flat)
+        elif _number_or_none(value) is not None:
+            flat, shape = [value], ()
+        else:
+            raise TypeError(f"cannot assign {type(value).__name__} to MLArray elements")
+        items = np.empty(len(flat), dtype=object)
+        items[:] = flat
+        spread = self._assigned(items.reshape(shape), shape, target)
+        return type(self)._from_flat(spread.reshape(-1).tolist(), target)
 
     # ================================================================================= repr
 
@@ -747,6 +809,13 @@ class MLArrayBase:
     def __reduce__(self) -> Any:
         raise TypeError("an MLArray cannot be pickled (its nodes live in the engine); pickle "
                         "arr.to_list() instead")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MLArrayBase:
+        """New leaves with the same data and gradients, as ``copy.deepcopy`` copies a leaf
+        Value (the same node twice stays one node; an op node's closure cannot be copied:
+        TypeError). So ``copy.deepcopy(model)`` keeps a copy of an array layer's weights."""
+        values = copy.deepcopy(self.values(), memo)
+        return type(self)._new(self._kernels.array_from_values(values), self.shape)
 
     # ========================================================================== constructors
 
@@ -775,27 +844,33 @@ class MLArrayBase:
     def xavier_uniform(cls, in_features: int, out_features: int, rng: Any = None) -> MLArrayBase:
         """A (in_features, out_features) array drawn from U(-l, l), l = sqrt(6 / (in + out))
         (Glorot), row-major as SmolML draws it."""
-        limit = math.sqrt(6.0 / (in_features + out_features))
-        r = _rng(rng)
         dims = _shape_arg((in_features, out_features), "xavier_uniform")
+        if dims[0] * dims[1] == 0:  # nothing to draw (and a zero fan has no scale)
+            return cls.zeros(dims)
+        limit = math.sqrt(6.0 / (dims[0] + dims[1]))
+        r = _rng(rng)
         data = [r.uniform(-limit, limit) for _ in range(dims[0] * dims[1])]
         return cls._from_floats(np.array(data), dims)
 
     @classmethod
     def xavier_normal(cls, in_features: int, out_features: int, rng: Any = None) -> MLArrayBase:
         """A (in_features, out_features) array drawn from N(0, sqrt(2 / (in + out))) (Glorot)."""
-        std = math.sqrt(2.0 / (in_features + out_features))
-        r = _rng(rng)
         dims = _shape_arg((in_features, out_features), "xavier_normal")
+        if dims[0] * dims[1] == 0:  # nothing to draw (and a zero fan has no scale)
+            return cls.zeros(dims)
+        std = math.sqrt(2.0 / (dims[0] + dims[1]))
+        r = _rng(rng)
         data = [r.gauss(0, std) for _ in range(dims[0] * dims[1])]
         return cls._from_floats(np.array(data), dims)
 
     @classmethod
     def he_normal(cls, in_features: int, out_features: int, rng: Any = None) -> MLArrayBase:
         """A (in_features, out_features) array drawn from N(0, sqrt(2 / in)) (He, for ReLU)."""
-        std = math.sqrt(2.0 / in_features)
-        r = _rng(rng)
         dims = _shape_arg((in_features, out_features), "he_normal")
+        if dims[0] * dims[1] == 0:  # nothing to draw (and a zero fan has no scale)
+            return cls.zeros(dims)
+        std = math.sqrt(2.0 / dims[0])
+        r = _rng(rng)
         data = [r.gauss(0, std) for _ in range(dims[0] * dims[1])]
         return cls._from_floats(np.array(data), dims)
 
@@ -969,6 +1044,8 @@ def softmax(x: Any, axis: int = -1) -> MLArrayBase:
     """e ** x / sum(e ** x) along axis, computed from x - max(x) (numerically stable)."""
     x = _array(x)
     axes = x._axes(axis)
+    if x._count(axes) == 0:  # no logits to normalise: an empty result, as torch's
+        return x.zeros(x.shape)
     e = _shifted(x, axes).exp()
     return e / e.sum(axes, keepdims=True)
 
@@ -977,5 +1054,7 @@ def log_softmax(x: Any, axis: int = -1) -> MLArrayBase:
     """x - log(sum(e ** x)) along axis, computed from x - max(x) (numerically stable)."""
     x = _array(x)
     axes = x._axes(axis)
+    if x._count(axes) == 0:
+        return x.zeros(x.shape)
     shifted = _shifted(x, axes)
     return shifted - shifted.exp().sum(axes, keepdims=True).log()
