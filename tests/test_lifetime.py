@@ -326,3 +326,101 @@ def test_linear_rejects_an_uninitialised_bias_and_converts_inputs_once():
     del out
     assert live_nodes() == before
     assert _engine._arena_check()
+
+
+# --- Python code run in the middle of an engine operation ------------------------------------
+# A Python _backward, or a finalizer the GC runs while the engine allocates an object, may drop
+# or re-point what the operation is working on. (Found by a crash hunt on a sanitizer build.)
+
+@pytest.mark.parametrize("engine", ["compiled", "reference"])
+def test_a_python_backward_that_drops_the_loss_array_keeps_its_graph_until_the_end(engine):
+    from michigrad.array import array_class
+
+    MLArray = array_class(engine)  # noqa: N806
+    Value = MLArray._Value  # noqa: N806
+    x = MLArray([[1.0, 2.0], [3.0, 4.0]])
+    holder = {}
+
+    def build():
+        marker = Value(2.0, (Value(1.0),), "marker")
+
+        def _backward():  # runs first: re-points the one slot that held the root
+            holder["loss"][()] = 0.0
+
+        marker._backward = _backward
+        return (x * 2.0).sum() + MLArray(marker)
+
+    holder["loss"] = build()
+    holder["loss"].backward()
+    assert x.grad_numpy().tolist() == [[2.0, 2.0], [2.0, 2.0]]  # (they were lost: all 0)
+    if engine == "compiled":
+        collect_all()
+        assert _engine._arena_check()
+
+
+def test_a_finalizer_run_while_a_handle_is_allocated_cannot_free_its_node():
+    """arr[0] reads the slot's node, then allocates its handle; the GC run by that allocation
+    may call a finalizer that re-points the slot. The handle must keep the node it was made for
+    (it was linked to the freed slot, which the next node then reused)."""
+    from michigrad import MLArray
+
+    arr = MLArray([1.0, 2.0, 3.0])
+    fired = []
+
+    class Repoints:
+        def __init__(self):
+            self.cycle = self  # garbage only the cyclic GC frees
+
+        def __del__(self):
+            fired.append(1)
+            arr[0] = 42.0
+
+    collect_all()
+    threshold = gc.get_threshold()
+    gc.disable()  # (a collection now could refill the engine's list of recycled handles)
+    one = compiled(1.0)
+    keep = [one + k for k in range(600)]  # handles the engine makes: it has no recycled one left
+    Repoints()
+    gc.set_threshold(1)
+    gc.enable()
+    try:
+        v = arr[0]
+    finally:
+        gc.set_threshold(*threshold)
+    assert fired  # (inside arr[0]: in the handle's allocation, the first GC-tracked one)
+    collect_all()
+    assert _engine._arena_check()
+    other = compiled(7.0)
+    v.data = 99.0
+    assert other.data == 7.0 and arr[0].data == 42.0 and v.data == 99.0
+    del keep
+
+
+def test_an_extra_made_by_python_code_during_its_allocation_is_kept():
+    """Giving a node a name allocates its NodeExtra; if the GC runs Python code then that sets
+    the same node's _backward, that backward must survive (it was overwritten: backward() then
+    called None)."""
+    x = compiled(1.0)
+    y = x * 3.0
+    fired = []
+
+    def backward():
+        x.grad += 3.0 * y.grad
+
+    def on_gc(phase, info):
+        if phase == "start" and not fired:
+            fired.append(1)
+            y._backward = backward
+
+    gc.collect()
+    gc.callbacks.append(on_gc)
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        y.name = "y"
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(on_gc)
+    assert fired and y._backward is backward and y.name == "y"
+    y.backward()
+    assert x.grad == 3.0

@@ -700,6 +700,33 @@ def test_a_gc_callback_cannot_close_a_graph_during_its_adam_step() -> None:
     assert all(p.data != 0.5 for p in params)
 
 
+def test_a_gc_callback_cannot_regroup_a_graph_during_its_adam_step() -> None:
+    """Another optimiser's step would give the tape new parameter groups while the Adam update
+    still walks the old ones (it read past the new, smaller buffer): refused."""
+    from michigrad._engine import Value
+
+    params = [Value(0.5) for _ in range(3000)]
+    g = Graph(sum((p * p for p in params), Value(0.0)), params=params)
+    opt, other = optim.Adam(params, lr=0.01), optim.SGD(params[:1], lr=0.1)
+    refused: list[str] = []
+
+    def regroup_on_collection(phase: str, info: dict) -> None:
+        if phase == "start" and opt.state and not refused:
+            try:
+                g.step(other)
+            except RuntimeError as exc:
+                refused.append(str(exc))
+
+    gc.callbacks.append(regroup_on_collection)
+    try:
+        assert g.step(opt) == 750.0
+    finally:
+        gc.callbacks.remove(regroup_on_collection)
+    assert len(refused) == 1 and "parameter groups cannot change" in refused[0]
+    assert all(p.data != 0.5 for p in params)  # the Adam step ran through
+    assert g.step(other) != 0  # afterwards the SGD's groups are taken as usual
+
+
 def test_a_tape_shape_must_hold_exactly_its_inputs(engine: str) -> None:
     module = importlib.import_module({"compiled": "michigrad._engine",
                                       "reference": "michigrad._reference_replay"}[engine])

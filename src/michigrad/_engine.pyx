@@ -242,7 +242,6 @@ cdef void release_queued() noexcept:
         if n.flags & F_SHARED_KIDS:
             release_block(n.kids.block)
             release_block(n.aux.block)
-            n.flags &= ~F_SHARED_KIDS
         elif n.nkids > 2:
             for k in range(n.nkids):
                 queue_if_dead(n.kids.many[k])
@@ -254,6 +253,7 @@ cdef void release_queued() noexcept:
         n.extra = NULL
         n.nkids = 0
         n.op = OP_LEAF
+        n.flags = 0  # inert while free: no F_PY_BACKWARD without its extra
         A.free_slots[A.nfree] = i
         A.nfree += 1
         A.live -= 1
@@ -381,16 +381,21 @@ cdef void handle_dealloc(PyObject* o) noexcept:
 cdef inline Value new_handle(int32_t i):
     """A handle for node i, which has none (a new node's handle, or one recreated for _prev)."""
     cdef Value v
+    # Allocating the handle may run the GC, and with it Python code (a finalizer) that drops
+    # the node's other owners (re-points an array's slot): the count taken now holds the node,
+    # and becomes the handle's.
+    incref_node(i)
     try:
         v = alloc_handle()
     except BaseException:  # out of memory: a new node with no owner must not linger
-        incref_node(i)
         decref_node(i)
         raise
     cdef Node* n = &A.nodes[i]
+    if n.handle != NULL:  # that Python code asked for this node's handle: there is one now
+        decref_node(i)  # (the node keeps the other handle's count; v, unlinked, is dropped)
+        return <Value>n.handle
     v._i = i
     n.handle = <PyObject*>v
-    n.refcnt += 1
     if n.extra != NULL:
         track_if_needed(v)
     return v
@@ -420,9 +425,10 @@ cdef NodeExtra extra_of(int32_t i):
     cdef Node* n = &A.nodes[i]
     if n.extra == NULL:
         e = NodeExtra()
-        Py_INCREF(e)
-        A.nodes[i].extra = <PyObject*>e  # re-index: NodeExtra() may have run the GC
-        return e
+        n = &A.nodes[i]  # NodeExtra() may have run the GC: Python code that moved the arena,
+        if n.extra == NULL:  # or gave the node an extra (keep that one: it may hold a _backward)
+            Py_INCREF(e)
+            n.extra = <PyObject*>e
     return <NodeExtra>n.extra
 
 
@@ -1070,6 +1076,9 @@ cdef int run_backward(int32_t root) except -1:
             # `nodes`) or free this graph under the loop. The engine relies on the GIL.
             backward_sweep(A.nodes, order, count)
         else:
+            # The Python code may drop the root's other owners (re-point the array slot it was
+            # read from): hold it, and so the whole ordered graph, until the sweep is done.
+            incref_node(root)
             try:
                 for k in range(count - 1, -1, -1):
                     apply_local_backward(order[k])  # re-reads A.nodes: Python may grow the arena
@@ -1079,6 +1088,8 @@ cdef int run_backward(int32_t root) except -1:
                     n.grad = saved[k].grad
                     n.flags = (n.flags & ~F_GRAD_INT) | (saved[k].flags & F_GRAD_INT)
                 raise
+            finally:
+                decref_node(root)  # (may free the graph now, and run its closures' cleanup)
     finally:
         free(order)
         free(saved)
@@ -1094,6 +1105,18 @@ cdef class NodeExtra:
     def __cinit__(self):
         self.name = ""
         self.label = ""
+
+
+cdef dict attrs_of(Value v):
+    """The node's extra attributes, made on first use."""
+    cdef NodeExtra extra = extra_of(index_of(v))
+    cdef dict attrs
+    if extra.attrs is None:
+        attrs = {}  # (may run the GC: Python code that gave the node attributes meanwhile)
+        if extra.attrs is None:
+            extra.attrs = attrs
+            track_if_needed(v)
+    return extra.attrs
 
 
 cdef inline int32_t index_of(Value v) except -1:
@@ -1356,11 +1379,7 @@ stores a single scalar value and its gradient"""
         except AttributeError:
             if not isinstance(name, str) or hasattr(type(self), name):
                 raise
-            attrs = extra_of(index_of(self)).attrs
-            if attrs is None:
-                attrs = (<NodeExtra>A.nodes[self._i].extra).attrs = {}
-                track_if_needed(self)
-            attrs[name] = value
+            attrs_of(self)[name] = value
 
     def __delattr__(self, name):
         cdef Node* n = &A.nodes[index_of(self)]
@@ -1372,11 +1391,7 @@ stores a single scalar value and its gradient"""
     @property
     def __dict__(self):
         """The extra attributes of this node (created on first use)."""
-        cdef NodeExtra extra = extra_of(index_of(self))
-        if extra.attrs is None:
-            extra.attrs = {}
-            track_if_needed(self)
-        return extra.attrs
+        return attrs_of(self)
 
     # --- data, grad, name ---------------------------------------------------------------
 

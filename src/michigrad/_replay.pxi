@@ -502,7 +502,13 @@ cdef class Tape:
         return number_object(A.nodes[self.root].data, A.nodes[self.root].flags & F_DATA_INT)
 
     def set_update_groups(self, list groups not None):
-        """The parameter groups `sgd_step` updates (lists of Values, e.g. an SGD optimiser's)."""
+        """The parameter groups `sgd_step` updates (lists of Values, e.g. an SGD optimiser's).
+        Refused while one of this tape's own methods is running Python code: a step still reads
+        the groups it would replace."""
+        if self.busy:
+            raise RuntimeError("a Graph's parameter groups cannot change while one of its own "
+                               "methods is running (a step was called from Python code that "
+                               "method called)")
         self.busy += 1  # it runs Python code (conversions, dicts, the GC) while holding buffers
         try:
             return self.set_update_groups_body(groups)
