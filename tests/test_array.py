@@ -746,6 +746,8 @@ def test_random_constructors_use_pythons_random(MLArray):
         assert init(0, 4).shape == (0, 4) and init(3, 0).shape == (3, 0)  # no draw, no scale
         with pytest.raises(ValueError, match="negative dimensions"):
             init(-2, 4)
+        with pytest.raises(TypeError, match="rng"):
+            init(0, 4, rng="seed")
 
 
 def test_module_functions_use_the_active_engine():

@@ -841,38 +841,38 @@ class MLArrayBase:
         return cls._from_floats(np.array([r.gauss(0, 1) for _ in range(n)]), dims)
 
     @classmethod
+    def _drawn(cls, in_features: int, out_features: int, rng: Any, what: str,
+               scale: Callable[[int, int], float],
+               draw: Callable[[Any, float], float]) -> MLArrayBase:
+        """A (in_features, out_features) array of draw(r, scale(in, out)), row-major as SmolML
+        draws it; the shape and rng checked first, and nothing drawn (nor scaled: a zero fan
+        has no scale) for an empty array."""
+        dims = _shape_arg((in_features, out_features), what)
+        r = _rng(rng)
+        if dims[0] * dims[1] == 0:
+            return cls.zeros(dims)
+        s = scale(*dims)
+        return cls._from_floats(np.array([draw(r, s) for _ in range(dims[0] * dims[1])]), dims)
+
+    @classmethod
     def xavier_uniform(cls, in_features: int, out_features: int, rng: Any = None) -> MLArrayBase:
         """A (in_features, out_features) array drawn from U(-l, l), l = sqrt(6 / (in + out))
         (Glorot), row-major as SmolML draws it."""
-        dims = _shape_arg((in_features, out_features), "xavier_uniform")
-        if dims[0] * dims[1] == 0:  # nothing to draw (and a zero fan has no scale)
-            return cls.zeros(dims)
-        limit = math.sqrt(6.0 / (dims[0] + dims[1]))
-        r = _rng(rng)
-        data = [r.uniform(-limit, limit) for _ in range(dims[0] * dims[1])]
-        return cls._from_floats(np.array(data), dims)
+        return cls._drawn(in_features, out_features, rng, "xavier_uniform",
+                          lambda i, o: math.sqrt(6.0 / (i + o)),
+                          lambda r, lim: r.uniform(-lim, lim))
 
     @classmethod
     def xavier_normal(cls, in_features: int, out_features: int, rng: Any = None) -> MLArrayBase:
         """A (in_features, out_features) array drawn from N(0, sqrt(2 / (in + out))) (Glorot)."""
-        dims = _shape_arg((in_features, out_features), "xavier_normal")
-        if dims[0] * dims[1] == 0:  # nothing to draw (and a zero fan has no scale)
-            return cls.zeros(dims)
-        std = math.sqrt(2.0 / (dims[0] + dims[1]))
-        r = _rng(rng)
-        data = [r.gauss(0, std) for _ in range(dims[0] * dims[1])]
-        return cls._from_floats(np.array(data), dims)
+        return cls._drawn(in_features, out_features, rng, "xavier_normal",
+                          lambda i, o: math.sqrt(2.0 / (i + o)), lambda r, std: r.gauss(0, std))
 
     @classmethod
     def he_normal(cls, in_features: int, out_features: int, rng: Any = None) -> MLArrayBase:
         """A (in_features, out_features) array drawn from N(0, sqrt(2 / in)) (He, for ReLU)."""
-        dims = _shape_arg((in_features, out_features), "he_normal")
-        if dims[0] * dims[1] == 0:  # nothing to draw (and a zero fan has no scale)
-            return cls.zeros(dims)
-        std = math.sqrt(2.0 / dims[0])
-        r = _rng(rng)
-        data = [r.gauss(0, std) for _ in range(dims[0] * dims[1])]
-        return cls._from_floats(np.array(data), dims)
+        return cls._drawn(in_features, out_features, rng, "he_normal",
+                          lambda i, o: math.sqrt(2.0 / i), lambda r, std: r.gauss(0, std))
 
 
 def _matmul(a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
@@ -1042,19 +1042,19 @@ def _shifted(x: MLArrayBase, axes: tuple[int, ...]) -> MLArrayBase:
 
 def softmax(x: Any, axis: int = -1) -> MLArrayBase:
     """e ** x / sum(e ** x) along axis, computed from x - max(x) (numerically stable)."""
-    x = _array(x)
-    axes = x._axes(axis)
-    if x._count(axes) == 0:  # no logits to normalise: an empty result, as torch's
-        return x.zeros(x.shape)
-    e = _shifted(x, axes).exp()
+    logits = _array(x)
+    axes = logits._axes(axis)
+    if logits._count(axes) == 0:  # no logits to normalise: an empty result, as torch's
+        return logits.zeros(logits.shape)
+    e = _shifted(logits, axes).exp()
     return e / e.sum(axes, keepdims=True)
 
 
 def log_softmax(x: Any, axis: int = -1) -> MLArrayBase:
     """x - log(sum(e ** x)) along axis, computed from x - max(x) (numerically stable)."""
-    x = _array(x)
-    axes = x._axes(axis)
-    if x._count(axes) == 0:
-        return x.zeros(x.shape)
-    shifted = _shifted(x, axes)
+    logits = _array(x)
+    axes = logits._axes(axis)
+    if logits._count(axes) == 0:
+        return logits.zeros(logits.shape)
+    shifted = _shifted(logits, axes)
     return shifted - shifted.exp().sum(axes, keepdims=True).log()
