@@ -452,8 +452,11 @@ class MLArrayBase:
             raise ValueError(f"operands could not be broadcast together with shapes {a.shape} "
                              f"{b.shape}") from None
 
-    def _binary(self, op: str, a: MLArrayBase, b: MLArrayBase) -> MLArrayBase:
-        shape = self._broadcast(a, b)
+    def _binary(self, op: str, a: MLArrayBase, b: MLArrayBase,
+                shape: Optional[Shape] = None) -> MLArrayBase:
+        """One node `op` per element of a and b broadcast (to `shape`, when known already)."""
+        if shape is None:
+            shape = self._broadcast(a, b)
         ap = _positions(_broadcast_index(a._index, shape))
         bp = _positions(_broadcast_index(b._index, shape))
         return type(self)._new(self._kernels.array_binary(op, a._store, ap, b._store, bp), shape)
@@ -465,11 +468,15 @@ class MLArrayBase:
         return self._binary("add", self, b)
 
     def __radd__(self, other: Any) -> MLArrayBase:  # other + self is Value's self + other
+        return self._reflected("add", other)
+
+    def _reflected(self, op: str, other: Any) -> MLArrayBase:
+        """other OP self computed as Value's self OP other ('+', '*'): the node's operands in
+        that order, the shapes checked in the user's (an error names the left one first)."""
         b = self._operand(other)
         if b is None:
-            return NotImplemented
-        self._broadcast(b, self)  # (an error names the left operand first)
-        return self._binary("add", self, b)
+            return NotImplemented  # type: ignore[no-any-return]  # (for the dunder to return)
+        return self._binary(op, self, b, self._broadcast(b, self))
 
     def __mul__(self, other: Any) -> MLArrayBase:
         b = self._operand(other)
@@ -478,11 +485,7 @@ class MLArrayBase:
         return self._binary("mul", self, b)
 
     def __rmul__(self, other: Any) -> MLArrayBase:  # other * self is Value's self * other
-        b = self._operand(other)
-        if b is None:
-            return NotImplemented
-        self._broadcast(b, self)
-        return self._binary("mul", self, b)
+        return self._reflected("mul", other)
 
     def __neg__(self) -> MLArrayBase:
         return self * -1
@@ -750,7 +753,7 @@ class MLArrayBase:
         if isinstance(value, (MLArrayBase, self._Value)):
             src = self._operand(value)
             assert src is not None
-            source = self._assigned(src._index, src.shape, target.shape)
+            source = self._assigned(src._index, target.shape)
         else:
             src = self._fresh_leaves(value, target.shape)
             source = src._index
@@ -758,21 +761,21 @@ class MLArrayBase:
                                    _positions(source))
 
     @staticmethod
-    def _assigned(source: np.ndarray, shape: Shape, target: Shape) -> np.ndarray:
+    def _assigned(source: np.ndarray, target: Shape) -> np.ndarray:
         """source (an index, or numbers) broadcast to the target of an assignment."""
         try:
             return np.broadcast_to(_drop_leading_ones(source, len(target)), target)
         except ValueError:
-            raise ValueError(f"could not broadcast input array from shape {shape} into "
+            raise ValueError(f"could not broadcast input array from shape {source.shape} into "
                              f"shape {target}") from None
 
     def _fresh_leaves(self, value: Any, target: Shape) -> MLArrayBase:
         """The numbers of value (a number, (nested) lists, a numpy array) broadcast to target,
         as new leaves: one per element (Values in a list are referenced)."""
-        if isinstance(value, np.ndarray) and np.asarray(value).dtype.kind in "biuf":
-            numbers = np.asarray(value)
-            data = np.ascontiguousarray(self._assigned(numbers, numbers.shape, target))
-            return type(self)._from_ndarray(data)
+        if isinstance(value, np.ndarray):
+            value = np.asarray(value)  # (a subclass as NumPy reads it)
+            if value.dtype.kind in "biuf":
+                return type(self)._from_ndarray(np.ascontiguousarray(self._assigned(value, target)))
         if isinstance(value, (list, tuple, np.ndarray)):
             flat: list[Any] = []
             shape = self._nested(value, flat)
@@ -782,7 +785,7 @@ class MLArrayBase:
             raise TypeError(f"cannot assign {type(value).__name__} to MLArray elements")
         items = np.empty(len(flat), dtype=object)
         items[:] = flat
-        spread = self._assigned(items.reshape(shape), shape, target)
+        spread = self._assigned(items.reshape(shape), target)
         return type(self)._from_flat(spread.reshape(-1).tolist(), target)
 
     # ================================================================================= repr
