@@ -593,7 +593,11 @@ def main() -> None:
     import micrograd  # noqa: F401 - fail early if missing
     import torch
 
-    print(f"michigrad {michigrad.__version__} ({michigrad.engine.ENGINE} engine), "
+    kernels = ""
+    if michigrad.engine.ENGINE == "compiled":
+        from michigrad import _engine
+        kernels = f", {_engine._vector_isa()[0]} matmul kernels"
+    print(f"michigrad {michigrad.__version__} ({michigrad.engine.ENGINE} engine{kernels}), "
           f"torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}")
     bench_kernels(reps, "fresh arena (free slots in address order)")
     print_c_floor(reps)

@@ -703,53 +703,16 @@ cdef inline bint float_rows(GridRows* wr, GridRows* xr, Py_ssize_t m, Py_ssize_t
 
 
 cdef enum:
-    DOTS = 8  # sums computed side by side by float_dots
-
-
-cdef inline void float_dots(const double* shared, const double* columns, Py_ssize_t stride,
-                            bint shared_is_w, double* v, Py_ssize_t m) noexcept nogil:
-    """v[j] += w[0]*x[0], then += w[1]*x[1], ... for DOTS outputs of one output row, which all
-    read the same operand row `shared` (w when shared_is_w, else x), and each its own other row,
-    stored transposed: element k of output j's row is columns[k * stride + j]. linear_value's
-    sum without its int bookkeeping (same operations, operand order and rounding, so the same
-    bits). Side by side because each sum is a chain of dependent additions that alone leaves
-    the FPU mostly idle; `shared` is loaded once for all, and the DOTS other elements of step k
-    are adjacent, so they load as vectors."""
-    cdef double v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3], v4 = v[4], v5 = v[5], v6 = v[6], v7 = v[7]
-    cdef const double* r
-    cdef double c
-    cdef Py_ssize_t k
-    if shared_is_w:
-        for k in range(m):
-            c = shared[k]
-            r = columns + k * stride
-            v0 = v0 + c * r[0]
-            v1 = v1 + c * r[1]
-            v2 = v2 + c * r[2]
-            v3 = v3 + c * r[3]
-            v4 = v4 + c * r[4]
-            v5 = v5 + c * r[5]
-            v6 = v6 + c * r[6]
-            v7 = v7 + c * r[7]
-    else:
-        for k in range(m):
-            c = shared[k]
-            r = columns + k * stride
-            v0 = v0 + r[0] * c
-            v1 = v1 + r[1] * c
-            v2 = v2 + r[2] * c
-            v3 = v3 + r[3] * c
-            v4 = v4 + r[4] * c
-            v5 = v5 + r[5] * c
-            v6 = v6 + r[6] * c
-            v7 = v7 + r[7] * c
-    v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7] = v0, v1, v2, v3, v4, v5, v6, v7
+    # sums computed side by side by mg_dots (_vector_kernels.pxi): 32 where an output row has
+    # 32 left (four AVX-512 vectors), else 8, else one by one
+    WIDE_DOTS = 32
+    DOTS = 8
 
 
 cdef double* transposed_rows(const double* data, Py_ssize_t batches, Py_ssize_t rows,
                              Py_ssize_t m) except NULL:
     """A malloc'd copy of batches blocks of rows x m doubles, each block transposed (m x rows):
-    float_dots' columns."""
+    mg_dots*' columns."""
     cdef double* t = <double*>malloc(<size_t>(batches * rows * m if batches * rows * m > 0 else 1)
                                      * sizeof(double))
     if t == NULL:
@@ -810,7 +773,7 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     wr.has_int = xr.has_int = NULL
     cdef KidBlock** w_blocks = NULL
     cdef KidBlock** x_blocks = NULL
-    cdef double* columns = NULL  # the inner operand's rows transposed, for float_dots
+    cdef double* columns = NULL  # the inner operand's rows transposed, for mg_dots*
     cdef double* row_values = NULL  # one output row's values and int flags, before its nodes
     cdef bint* row_ints = NULL
     cdef NodeStore out
@@ -839,7 +802,7 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
         raise
     # nothing below can fail
     cdef Node* nodes = A.nodes
-    cdef Py_ssize_t e, bt, outer, inner, p, q, k, r = 0
+    cdef Py_ssize_t e, bt, outer, inner, p, q, k, width, r = 0
     if shared:  # each row's nodes are referenced once, by its block
         for e in range(wp.n):
             if has_bias:
@@ -871,18 +834,23 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     for bt in range(batches):
         for outer in range(n_outer):
             # the values of this output row first: DOTS sums at a time where they can be
-            # (see float_dots), one at a time where a pair of rows holds ints
+            # (see mg_dots*), one at a time where a pair of rows holds ints
             inner = 0
             while inner < n_inner:
-                if inner + DOTS <= n_inner and float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, DOTS):
-                    for k in range(DOTS):
+                width = 0
+                if inner + WIDE_DOTS <= n_inner and float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, WIDE_DOTS):
+                    width = WIDE_DOTS
+                elif inner + DOTS <= n_inner and float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, DOTS):
+                    width = DOTS
+                if width:
+                    for k in range(width):
                         grid_pair(bt, P, Q, outer, inner + k, x_major, &p, &q)
                         row_values[inner + k] = nodes[b.slots[bq[p]]].data if has_bias else 0.0
                         row_ints[inner + k] = False
                     shared_row = (xr.data + q * m) if x_major else (wr.data + p * m)
-                    float_dots(shared_row, columns + bt * n_inner * m + inner, n_inner,
-                               not x_major, row_values + inner, m)
-                    inner += DOTS
+                    mg_dots(shared_row, columns + bt * n_inner * m + inner, n_inner,
+                            row_values + inner, m, <int>width)
+                    inner += width
                     continue
                 grid_pair(bt, P, Q, outer, inner, x_major, &p, &q)
                 if float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, 1):

@@ -1772,6 +1772,7 @@ def _arena_check():
     return True
 
 
+include "_vector_kernels.pxi"
 include "_sweep.pxi"
 include "_arrays.pxi"
 include "_replay.pxi"

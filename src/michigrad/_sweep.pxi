@@ -132,63 +132,6 @@ cdef void linear_side(Node* nodes, Node* out, bint w_side) noexcept nogil:
             accumulate(&nodes[x_kids[k]], nodes[w_kids[has_bias + k]].data * g, False)
 
 
-cdef extern from *:
-    """
-    #if defined(__GNUC__) && !defined(__clang__)
-    /* GCC's -O2 vectorizes only loops whose trip count is a known multiple of the vector width:
-       let these pay for an epilogue (clang and MSVC vectorize them at their default level) */
-    #define MG_VECTORIZE __attribute__((optimize("vect-cost-model=dynamic")))
-    #else
-    #define MG_VECTORIZE
-    #endif
-
-    /* y[k] += x[k] * g: one output's contributions into one copied row of gradients (y), from
-       the other row's copied data (x). y is a row of the gradients' buffer, x of the data's. */
-    MG_VECTORIZE static void mg_axpy(double* restrict y, const double* restrict x, double g,
-                                     Py_ssize_t m)
-    {
-        for (Py_ssize_t k = 0; k < m; k++)
-            y[k] = y[k] + x[k] * g;
-    }
-
-    /* mg_axpy for four outputs, in order, into the row y they share: y[k] is loaded and stored
-       once for the four, and receives their contributions one after the other. */
-    MG_VECTORIZE static void mg_axpy4(double* restrict y,
-                                      const double* restrict x0, double g0,
-                                      const double* restrict x1, double g1,
-                                      const double* restrict x2, double g2,
-                                      const double* restrict x3, double g3, Py_ssize_t m)
-    {
-        for (Py_ssize_t k = 0; k < m; k++)
-            y[k] = (((y[k] + x0[k] * g0) + x1[k] * g1) + x2[k] * g2) + x3[k] * g3;
-    }
-
-    /* mg_axpy4 into the shared row s, and mg_axpy from s into each of the four outputs' own
-       rows o0..o3 (distinct), in one pass: s is loaded once for both. */
-    MG_VECTORIZE static void mg_axpy4_both(double* restrict sg, const double* restrict sd,
-        double* restrict og0, const double* restrict od0, double g0,
-        double* restrict og1, const double* restrict od1, double g1,
-        double* restrict og2, const double* restrict od2, double g2,
-        double* restrict og3, const double* restrict od3, double g3, Py_ssize_t m)
-    {
-        for (Py_ssize_t k = 0; k < m; k++) {
-            double s = sd[k];
-            sg[k] = (((sg[k] + od0[k] * g0) + od1[k] * g1) + od2[k] * g2) + od3[k] * g3;
-            og0[k] = og0[k] + s * g0;
-            og1[k] = og1[k] + s * g1;
-            og2[k] = og2[k] + s * g2;
-            og3[k] = og3[k] + s * g3;
-        }
-    }
-    """
-    void mg_axpy4_both(double* sg, const double* sd, double* og0, const double* od0, double g0,
-                       double* og1, const double* od1, double g1, double* og2, const double* od2,
-                       double g2, double* og3, const double* od3, double g3, Py_ssize_t m) noexcept nogil
-    void mg_axpy(double* y, const double* x, double g, Py_ssize_t m) noexcept nogil
-    void mg_axpy4(double* y, const double* x0, double g0, const double* x1, double g1,
-                  const double* x2, double g2, const double* x3, double g3, Py_ssize_t m) noexcept nogil
-
-
 ctypedef struct RowBuffer:
     # Copies of rows (blocks), each at its block.row: owned by one backward_sweep or one replayed
     # forward, grown by a batch that needs more, freed when that sweep or forward ends.
