@@ -395,6 +395,25 @@ def test_load_state_dict_rejects_wrong_shapes_and_non_numbers():
     assert model.layers[0].neurons[1].b.data == 5.0
 
 
+def test_load_state_dict_changes_nothing_when_a_number_cannot_be_stored():
+    # 10**400 passes the shape check (an int) but no Value can hold it: the error must come
+    # before any parameter is set, not after the ones before it were
+    random.seed(0)
+    model = MLP(2, [2, 1])
+    before = [p.data for p in model.parameters()]
+    sd = model.state_dict()
+    sd["layers.0.neurons.0.b"] = 7.0
+    sd["layers.0.neurons.1.w"] = [1.0, 10**400]
+    with pytest.raises(ValueError, match=r"'layers.0.neurons.1.w' holds a number a Value cannot "
+                                         r"store: int too large"):
+        model.load_state_dict(sd)
+    assert [p.data for p in model.parameters()] == before
+    sd["layers.0.neurons.1.w"] = [1.0, 2**60]  # stored as a Value stores it: a float
+    model.load_state_dict(sd)
+    assert [type(v.data) for v in model.layers[0].neurons[1].w] == [float, float]
+    assert model.layers[0].neurons[0].b.data == 7.0
+
+
 def test_save_and_load_a_model_file(tmp_path):
     random.seed(4)
     model = Sequential([Linear(2, 8), ReLU(), Linear(8, 8, bias=False), Tanh(), Linear(8, 1)])

@@ -114,6 +114,16 @@ def _shape(obj: Any) -> tuple[int, ...] | None:
     return None
 
 
+def _stored(numbers: Any, scratch: Value) -> Any:
+    """The numbers (a number or nested lists) as a Value stores them (ints beyond 2**53 become
+    floats, numpy scalars Python numbers): converted by the engine itself, through one scratch
+    Value, so that a number it cannot store raises here, before any parameter is changed."""
+    if isinstance(numbers, (list, tuple)):
+        return [_stored(n, scratch) for n in numbers]
+    scratch.data = numbers
+    return scratch.data
+
+
 def _assign(tensor: Tensor, numbers: Any) -> None:
     if isinstance(tensor, Value):
         tensor.data = numbers
@@ -211,8 +221,16 @@ class Module:
             if want != got:
                 raise ValueError(f"load_state_dict: {name!r} has shape {list(want)} in the model "
                                  f"but {list(got)} in the state dict")
-        for name, tensor in tensors.items():
-            _assign(tensor, state_dict[name])
+        scratch = Value(0)
+        stored = {}
+        for name in tensors:
+            try:
+                stored[name] = _stored(state_dict[name], scratch)
+            except (TypeError, ValueError, OverflowError) as exc:  # e.g. an int beyond a float
+                raise ValueError(f"load_state_dict: {name!r} holds a number a Value cannot "
+                                 f"store: {exc}") from exc
+        for name, tensor in tensors.items():  # every number is valid: nothing can fail now
+            _assign(tensor, stored[name])
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the parameters to a JSON file (every float round-trips exactly)."""
