@@ -240,6 +240,20 @@ def test_cross_entropy_rejects_bad_targets():
         L.cross_entropy(values([1.0, 2.0]), [0.5, 0.25, 0.25])
 
 
+@pytest.mark.parametrize("bad", [True, False, math.nan, math.inf, -math.inf, 1.5, -1])
+def test_cross_entropy_class_index_rules_are_those_of_array_input(bad):
+    # a bool is not a class index (torch refuses it too), NaN and inf are not classes: the same
+    # ValueError for a list of Values as for an MLArray, not int()'s "cannot convert"
+    with pytest.raises(ValueError, match=r"target class .* is not in 0..2"):
+        L.cross_entropy(values([1.0, 2.0, 3.0]), bad)
+    with pytest.raises(ValueError, match=r"target class .* is not in 0..2"):
+        L.cross_entropy([values([1.0, 2.0, 3.0])] * 2, [0, bad])
+    for good in (2, 2.0, np.int64(2), np.float64(2.0)):
+        assert L.cross_entropy(values([1.0, 2.0, 3.0]), good).data == pytest.approx(
+            F.cross_entropy(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
+                            torch.tensor(2)).item(), rel=TOL)
+
+
 # ===================================================================== class forms
 
 def test_class_forms_call_the_functions():

@@ -24,6 +24,7 @@ class forms (``MSELoss()``, ...) are for code written the PyTorch way:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal, Union, overload
 
@@ -285,10 +286,9 @@ def _cross_entropy_one(logits: Sequence[Any], target: Any) -> Any:
     shifted = [z - m for z in zs]
     log_sum: Value = sum(s.exp() for s in shifted).log()  # type: ignore[union-attr]
     if _is_scalar(target) and not isinstance(target, Value):
-        k = int(target)
-        if k != target or not 0 <= k < len(zs):
+        if not _is_class_index(target, len(zs)):  # the rule of MLArray input (no bool, NaN, inf)
             raise ValueError(f"cross_entropy: target class {target!r} is not in 0..{len(zs) - 1}")
-        return log_sum - shifted[k]
+        return log_sum - shifted[int(target)]
     if _is_scalar(target) or len(target) != len(zs):
         raise ValueError("cross_entropy: a target is a class index or one probability per class")
     # class probabilities: -Σ pᵢ log softmaxᵢ
@@ -382,7 +382,8 @@ def _array_bce(input: Any, target: Any) -> Any:
 
 
 def _is_class_index(k: Any, c: int) -> bool:
-    return (isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k)
+    """A whole number in 0..c-1 (an int, a float such as 2.0, a numpy integer); not a bool."""
+    return (isinstance(k, numbers.Real) and not isinstance(k, bool) and math.isfinite(k)
             and int(k) == k and 0 <= k < c)
 
 
