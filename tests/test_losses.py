@@ -55,6 +55,14 @@ def test_huber_matches_torch_on_both_sides_of_delta_and_at_it(delta):
           F.huber_loss(t, torch.zeros(7, dtype=torch.float64), delta=delta), t)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_huber_with_an_infinite_delta_is_the_quadratic_as_in_torch(reduction):
+    # delta*relu(|d| - delta) is inf*0 there: NaN, where torch gives 0.5*d**2
+    vs, t = values(PRED), tensor(PRED)
+    check(L.huber_loss(vs, list(TARGET), reduction, delta=math.inf), vs,
+          F.huber_loss(t, torch.tensor(TARGET), reduction=reduction, delta=math.inf), t)
+
+
 def test_mae_is_l1():
     assert L.mae_loss is L.l1_loss
     vs = values([1.0, -2.0])

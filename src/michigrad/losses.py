@@ -158,7 +158,10 @@ def _huber(d: Any, delta: float) -> Any:
     r = relu(a - delta) and q = a - r = min(a, delta), ``0.5*q**2 + delta*r``. Where a < delta,
     r is 0 and this is ``0.5*d**2`` to the last bit; beyond, ``0.5*delta**2 + delta*(a - delta)``
     (the linear branch up to rounding), whose gradient is delta*sign(d) exactly (q's is 0).
-    A replayed graph re-decides the side per element: relu does."""
+    A replayed graph re-decides the side per element: relu does. An infinite delta is the
+    quadratic everywhere (as in torch), built as such: ``delta*r`` would be ``inf*0``, NaN."""
+    if delta == math.inf:
+        return 0.5 * d.abs()**2  # the quadratic side's bits: q is |d| there
     a = d.abs()
     r = (a - delta).relu()
     q = a - r
