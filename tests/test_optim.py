@@ -4,6 +4,7 @@ their state in the optimiser, saveable and restorable."""
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import numpy as np
@@ -207,6 +208,17 @@ def test_bad_arguments_are_errors():
         SGD([{"params": [v], "betas": (0.9, 0.9)}], lr=0.1)
     with pytest.raises(NotImplementedError):
         Optimizer([v], {"lr": 0.1}).step()
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+@pytest.mark.parametrize("option", ["lr", "eps", "weight_decay"])
+def test_adam_refuses_a_nan_hyperparameter_as_torch_does(cls, option):
+    # `x < 0` lets NaN through; torch.optim.Adam checks `not 0 <= x`. A NaN lr, eps or weight
+    # decay makes every parameter NaN at the first step.
+    with pytest.raises(ValueError, match=f"invalid {option.replace('lr', 'learning rate')}"):
+        cls([Value(1.0)], **{option: math.nan})
+    with pytest.raises(ValueError):
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)], **{option: math.nan})
 
 
 def test_repr_lists_the_hyperparameters():

@@ -195,10 +195,16 @@ class Adam(Optimizer):
 
     def _check(self, group: dict[str, Any]) -> None:
         super()._check(group)
+        # torch.optim.Adam's checks, written `not 0 <= x` as there: NaN is refused too (it
+        # would turn every parameter into NaN at the first step)
+        if not 0.0 <= group["lr"]:
+            raise ValueError(f"invalid learning rate: {group['lr']}")
+        if not 0.0 <= group["weight_decay"]:
+            raise ValueError(f"invalid weight_decay: {group['weight_decay']}")
         beta1, beta2 = group["betas"]
         if not 0.0 <= beta1 < 1.0 or not 0.0 <= beta2 < 1.0:
             raise ValueError(f"invalid betas: {group['betas']} (each must be in [0, 1))")
-        if group["eps"] < 0.0:
+        if not 0.0 <= group["eps"]:
             raise ValueError(f"invalid eps: {group['eps']}")
 
     def step(self) -> None:
