@@ -221,6 +221,20 @@ def test_adam_refuses_a_nan_hyperparameter_as_torch_does(cls, option):
         torch.optim.Adam([torch.zeros(1, requires_grad=True)], **{option: math.nan})
 
 
+def test_a_groups_params_follow_torchs_rules():
+    # a set has no stable order, and state_dict() maps the state to parameters by position:
+    # torch.optim refuses a set in a group (and takes a lone tensor there)
+    a, b = Value(1.0), Value(2.0)
+    with pytest.raises(TypeError, match="ordered collection"):
+        Adam([{"params": {a, b}}], lr=0.1)
+    with pytest.raises(TypeError, match="ordered collection"):
+        torch.optim.Adam([{"params": {torch.zeros(1, requires_grad=True)}}], lr=0.1)
+    opt = SGD([{"params": a}, {"params": [b], "lr": 0.5}], lr=0.1)
+    assert [g["params"] for g in opt.param_groups] == [[a], [b]]
+    with pytest.raises(TypeError, match="not a single Value"):
+        SGD(a, lr=0.1)
+
+
 def test_repr_lists_the_hyperparameters():
     text = repr(AdamW([Value(1.0)], lr=0.01))
     assert text.startswith("AdamW (\nParameter Group 0\n")

@@ -33,6 +33,9 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.state: dict[int, dict[str, Any]] = {}
         self.param_groups: list[dict[str, Any]] = []
+        if isinstance(params, Value):
+            raise TypeError("optimizer params must be an iterable of Values or of parameter-group "
+                            "dicts, not a single Value (give [value])")
         items = list(params)
         if not items:
             raise ValueError("optimizer got an empty parameter list")
@@ -42,6 +45,12 @@ class Optimizer:
             if not isinstance(group, dict):
                 raise TypeError("give either Values or parameter-group dicts, not a mix")
             group = dict(group)
+            if isinstance(group["params"], Value):  # torch.optim takes a lone tensor here
+                group["params"] = [group["params"]]
+            elif isinstance(group["params"], (set, frozenset)):  # ... and refuses a set
+                raise TypeError("a parameter group's params must be an ordered collection (a "
+                                "list), not a set: the state is kept by position, and a set's "
+                                "order changes between runs")
             group["params"] = list(group["params"])
             for p in group["params"]:
                 if not isinstance(p, Value):
