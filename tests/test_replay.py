@@ -492,6 +492,17 @@ def test_train_step_needs_params(Value: Any) -> None:
         Graph(Value(1.0) * 2).train_step(0.1)
 
 
+def test_train_step_takes_a_number_as_the_learning_rate_in_both_engines(Value: Any) -> None:
+    # the compiled tape's lr is a C double; the reference engine's float(lr) parsed "0.1"
+    w, x = Value(0.5), Value(2.0)
+    g = Graph((w * x - 1) ** 2, params=[w])
+    for bad in ("0.1", b"0.1", None):
+        with pytest.raises(TypeError):
+            g.train_step(bad)
+    assert w.data == 0.5 and w.grad == 0
+    assert g.train_step(np.float64(0.125)) == 0.0 and w.data == 0.5
+
+
 OPTIMIZERS = [  # C fast paths: plain SGD with a float lr, Adam/AdamW with float settings, eps > 0
     (optim.SGD, dict(lr=0.5)),
     (optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),

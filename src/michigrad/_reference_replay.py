@@ -125,7 +125,7 @@ class Tape:
         self._run_backward()
 
     def train_step(self, lr: float) -> Number:
-        lr = float(lr)
+        lr = _rate(lr)
         self._run_forward()
         for p in self._params:
             p.grad = 0
@@ -151,7 +151,7 @@ class Tape:
         if len(lrs) != len(self._update_groups):
             raise ValueError(f"sgd_step: {len(lrs)} learning rates for "
                              f"{len(self._update_groups)} parameter groups")
-        rates = [float(lr) for lr in lrs]
+        rates = [_rate(lr) for lr in lrs]
         self._run_forward()
         for g in self._update_groups:
             for p in g:
@@ -189,6 +189,14 @@ class Tape:
     def export(self, params: list[Value]) -> dict[str, Any]:
         raise TypeError("export_tape needs the compiled engine (the reference engine's ops are "
                         "closures, not op codes)")
+
+
+def _rate(lr: Any) -> float:
+    """A learning rate as the compiled tape's C double argument takes it: float(lr), but a
+    string is refused (float("0.1") would parse it) with that argument's TypeError."""
+    if isinstance(lr, (str, bytes, bytearray)):
+        raise TypeError(f"must be real number, not {type(lr).__name__}")
+    return float(lr)
 
 
 def _read_nested(obj: Any, shape: Sequence[int], depth: int, out: list[Number]) -> None:
