@@ -386,8 +386,10 @@ def _array_bce(input: Any, target: Any) -> Any:
 
 def _is_class_index(k: Any, c: int) -> bool:
     """A whole number in 0..c-1 (an int, a float such as 2.0, a numpy integer); not a bool."""
-    return (isinstance(k, numbers.Real) and not isinstance(k, bool) and math.isfinite(k)
-            and int(k) == k and 0 <= k < c)
+    if isinstance(k, bool) or not isinstance(k, numbers.Real):
+        return False
+    x: Any = k  # (numbers.Real declares no int() or comparisons)
+    return math.isfinite(x) and int(x) == x and 0 <= x < c
 
 
 def _array_cross_entropy(input: Any, target: Any) -> Any:
