@@ -235,6 +235,23 @@ def test_a_groups_params_follow_torchs_rules():
         SGD(a, lr=0.1)
 
 
+@pytest.mark.parametrize("cls,torch_cls", [(Adam, torch.optim.Adam), (AdamW, torch.optim.AdamW)])
+def test_adam_with_eps_0_and_no_gradient_yet_divides_as_torch(cls, torch_cls):
+    # eps = 0 is allowed (torch too); a parameter whose gradients have all been 0 then has
+    # m = v = 0 and its update is 0/0: NaN in torch, where Python's float division raised
+    # ZeroDivisionError half-way through step() (parameters before it updated, its state written)
+    ours = [Value(1.0), Value(2.0), Value(3.0)]
+    theirs = [torch.tensor(x.data, dtype=torch.float64, requires_grad=True) for x in ours]
+    opt, topt = cls(ours, lr=0.1, eps=0.0), torch_cls(theirs, lr=0.1, eps=0.0)
+    for p, t, g in zip(ours, theirs, (1.0, 0, -2.0)):
+        p.grad = g
+        t.grad = torch.tensor(float(g), dtype=torch.float64)
+    opt.step()
+    topt.step()
+    assert str([p.data for p in ours]) == str([t.item() for t in theirs])  # [0.9.., nan, 3.1..]
+    assert [s["step"] for s in opt.state.values()] == [1, 1, 1]
+
+
 def test_repr_lists_the_hyperparameters():
     text = repr(AdamW([Value(1.0)], lr=0.01))
     assert text.startswith("AdamW (\nParameter Group 0\n")

@@ -246,7 +246,17 @@ class Adam(Optimizer):
                     v = state["max_exp_avg_sq"] = max(state["max_exp_avg_sq"], v)
                 step_size = lr / (1 - beta1 ** t)
                 denom = math.sqrt(v) / (1 - beta2 ** t) ** 0.5 + eps
-                p.data = x + -step_size * m / denom
+                try:
+                    p.data = x + -step_size * m / denom
+                except ZeroDivisionError:  # eps = 0 and v = 0 (no gradient yet): IEEE, as torch
+                    p.data = x + _ieee_quotient(-step_size * m, denom)
+
+
+def _ieee_quotient(a: float, b: float) -> float:
+    """a / b for b == 0 as IEEE (and torch) divides: NaN for 0/0 or NaN/0, else ±inf."""
+    if a == 0 or a != a:
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 class AdamW(Adam):
