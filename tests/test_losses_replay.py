@@ -68,6 +68,18 @@ CASES: dict[str, tuple[Loss, Any, list[Any], list[Any]]] = {
 }
 
 
+def test_cross_entropy_makes_its_max_node_with_the_logits_engine(
+        Value: type, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: N803
+    # whichever engine engine.max_of is (the reference one under MICHIGRAD_PURE=1), the 'max'
+    # node is made by the engine of the logits: it was the default engine's for compiled Values
+    from michigrad import _engine, _reference
+
+    for default in (_engine.max_of, _reference.max_of):
+        monkeypatch.setattr(losses, "max_of", default)
+        loss = losses.cross_entropy([Value(1.0), Value(3.0)], 1)
+        assert type(loss) is Value and loss.data == pytest.approx(0.12692801104297263, rel=1e-15)
+
+
 def scalar_inputs(Value: type, rows: list[list[float]]) -> list[list[Any]]:  # noqa: N803
     return [[Value(x) for x in row] for row in rows]
 

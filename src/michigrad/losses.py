@@ -31,6 +31,11 @@ from typing import Any, Literal, Union, overload
 from . import _reference
 from .engine import Value, max_of
 
+try:
+    from . import _engine
+except ImportError:  # no compiled engine: only reference Values
+    _engine = None  # type: ignore[assignment]
+
 __all__ = [
     "mse_loss", "l1_loss", "mae_loss", "huber_loss", "hinge_loss", "binary_cross_entropy",
     "binary_cross_entropy_with_logits", "cross_entropy",
@@ -275,7 +280,11 @@ def binary_cross_entropy_with_logits(input: Nested, target: Nested,
 def _max_node(zs: list[Value]) -> Value:
     """One 'max' node over zs, made by the engine they belong to (losses work on whichever
     engine's Value is losses.Value)."""
-    return (_reference.max_of if isinstance(zs[0], _reference.Value) else max_of)(zs)
+    if isinstance(zs[0], _reference.Value):
+        return _reference.max_of(zs)
+    if _engine is not None and isinstance(zs[0], _engine.Value):  # (under MICHIGRAD_PURE=1 too)
+        return _engine.max_of(zs)
+    return max_of(zs)
 
 
 def _cross_entropy_one(logits: Sequence[Any], target: Any) -> Any:
