@@ -170,9 +170,14 @@ def test_the_command_line_entry_point(tmp_path):
     (["demo", "--seed", "-1"], "--seed must be in"),
     ([], "the following arguments are required: command"),
     (["train"], "invalid choice: 'train'"),
+    # a place the plot cannot be written: refused before training, not after it
+    (["demo", "--out", "/no/such/folder/plot.png"], "--out: the folder /no/such/folder does not exist"),
+    (["demo", "--out", "."], "--out: . is a folder; give a file name, e.g. ./decision_boundary.png"),
 ])
 def test_bad_arguments_exit_with_a_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert message in err
+    assert out == ""  # nothing ran: no training line

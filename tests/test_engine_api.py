@@ -84,6 +84,25 @@ def test_extra_attributes_and_vars(Value):
         p.m  # noqa: B018
 
 
+def test_the_values_own_attributes_cannot_be_deleted_and_stay_intact(Value):
+    a = Value(2.0, name="a")
+    b = (a * 3).tanh()
+    for name in ("data", "grad", "name", "label", "_op", "_prev", "_children", "_backward", "exp"):
+        with pytest.raises(AttributeError, match=f"^'Value' object attribute '{name}' cannot be deleted$"):
+            delattr(b, name)
+    with pytest.raises(AttributeError, match="has no attribute 'm'"):
+        del b.m
+    assert (b._op, b.name, len(b._children)) == ("tanh", "", 1)
+    b.backward()
+    assert a.grad == pytest.approx(3 * (1 - math.tanh(6.0) ** 2))
+
+
+def test_the_reference_engine_protects_every_field_of_its_values():
+    from michigrad import _reference
+
+    assert set(vars(_reference.Value(1.0))) == _reference._FIELDS
+
+
 def test_leaves_pickle_and_operations_do_not(Value):
     v = Value(2.5, name="w")
     v.grad = 0.5

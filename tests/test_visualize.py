@@ -637,6 +637,22 @@ def test_other_bad_arguments_are_clear_errors(Value, tmp_path):
         show_graph_interactive(None, tmp_path / "g.html")
 
 
+def test_a_one_element_array_draws_its_value_and_a_larger_one_is_refused(MLArray, tmp_path):
+    # the README's array example leaves L = (...).sum(), a 0-d MLArray: drawn as its element
+    x, w = MLArray([[1.0, -2.0]]), MLArray([[0.5], [0.25]])
+    L = (x @ w).tanh().sum()
+    assert show_graph(L).source == show_graph(L[()]).source
+    assert draw_dot(L).source == draw_dot(L[()]).source
+    assert trace(L) == trace(L[()])
+    page = show_graph_interactive(L, tmp_path / "g.html")
+    assert Path(page).read_text(encoding="utf-8") == Path(
+        show_graph_interactive(L[()], tmp_path / "h.html")).read_text(encoding="utf-8")
+    for draw in (show_graph, draw_dot, trace):
+        with pytest.raises(ValueError, match=r"draws the graph of one Value, not of an MLArray "
+                                             r"of shape \(1, 2\) \(reduce it first"):
+            draw(x)
+
+
 # ----------------------------------------------------------------------- optional dependencies
 
 

@@ -10,6 +10,7 @@ PNG when matplotlib is installed. Without them it still trains, and says which e
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -192,6 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--steps must be at least 1")
     if not 0 <= args.seed < 2**32:
         parser.error("--seed must be in [0, 2**32)")
+    if args.out:  # checked before training, not after it
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(folder):
+            parser.error(f"--out: the folder {folder} does not exist")
+        if os.path.isdir(args.out):
+            parser.error(f"--out: {args.out} is a folder; give a file name, e.g. "
+                         f"{os.path.join(args.out, 'decision_boundary.png')}")
     return demo(args)
 
 

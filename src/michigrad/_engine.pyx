@@ -1386,7 +1386,9 @@ stores a single scalar value and its gradient"""
         if n.extra != NULL and (<NodeExtra>n.extra).attrs and name in (<NodeExtra>n.extra).attrs:
             del (<NodeExtra>n.extra).attrs[name]
             return
-        generic_setattr(<PyObject*>self, <PyObject*>name, NULL)  # a property: raises
+        if isinstance(name, str) and hasattr(type(self), name):  # data, grad, a method, ...
+            raise AttributeError(f"'Value' object attribute '{name}' cannot be deleted")
+        generic_setattr(<PyObject*>self, <PyObject*>name, NULL)  # no such attribute: raises
 
     @property
     def __dict__(self):

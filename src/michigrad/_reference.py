@@ -457,6 +457,13 @@ class Value:
             raise AttributeError(f"'Value' object attribute '{name}' is read-only")
         object.__setattr__(self, name, value)
 
+    def __delattr__(self, name: str) -> None:
+        # Only extra attributes can go: the Value's own (its properties, methods and the
+        # instance fields behind them) stay, as the compiled engine's do.
+        if name in _FIELDS or (name in vars(Value) and not name.startswith("__")):
+            raise AttributeError(f"'Value' object attribute '{name}' cannot be deleted")
+        object.__delattr__(self, name)
+
 
 def _restore_leaf(data: Number, grad: Number, name: str, op: str, attrs: dict | None) -> Value:
     v = Value(data, (), op, name)
@@ -469,6 +476,8 @@ def _restore_leaf(data: Number, grad: Number, name: str, op: str, attrs: dict | 
 _METHOD_NAMES = frozenset(
     name for name, attr in vars(Value).items() if callable(attr) and name != "_backward"
 )
+# The instance fields behind a Value's properties (tests check they are all of vars(Value(x))).
+_FIELDS = frozenset(("_data", "_grad", "_name", "_backward_fn", "_forward", "_children", "_op"))
 
 
 def linear(weights: Iterable[Value], inputs: Iterable[Any], bias: Value | None = None) -> Value:

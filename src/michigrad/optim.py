@@ -1,6 +1,9 @@
 """Optimisers: ``SGD`` (momentum, Nesterov, weight decay), ``Adam`` and ``AdamW``, shaped like
 ``torch.optim`` and computing the same floating-point updates as its single-tensor (CPU) code
-path, in the same order, so a model trained here follows PyTorch's float64 run step for step.
+path, the same operations in the same order, so a model trained here follows PyTorch's float64
+run step for step. (Not always to the last bit: torch's CPU kernels may fuse a multiply and an
+add into one rounding, which Python never does; the updates agree within a few ulps, and the
+tests hold them to a relative 1e-12.)
 
 ``SGD(params, lr)`` is exactly micrograd's update ``p.data -= lr * p.grad``.
 

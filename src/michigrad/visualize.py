@@ -11,6 +11,9 @@ This is the course's ``michigrad.visualize`` (and micrograd's ``draw_dot``), for
 * ``show_graph_interactive(root)`` -- an HTML page with a zoomable, draggable graph (vis-network,
   the library pyvis ships), written as one self-contained file that opens without network access.
 
+``root`` is a Value, or a one-element ``MLArray`` (a loss from ``.sum()`` or ``.mean()``): its
+element is drawn.
+
 What it does better than the originals:
 
 * **Any depth.** Every traversal uses an explicit stack or queue, never recursion.
@@ -128,9 +131,21 @@ def _vis_network_assets() -> tuple[str, str]:
 # ------------------------------------------------------------------------------ argument checks
 
 
-def _check_root(root: Any, function: str) -> None:
+def _root_value(root: Any, function: str) -> Any:
+    """The Value whose graph is drawn: root itself, or a one-element MLArray's element (a loss
+    from ``.sum()`` or ``.mean()``, as ``Graph`` takes it)."""
+    from .replay import _array_elements  # (recognises an MLArray without importing numpy)
+
+    elements = _array_elements(root)
+    if elements is not None:
+        values, shape = elements
+        if len(values) != 1:
+            raise ValueError(f"{function}() draws the graph of one Value, not of an MLArray of "
+                             f"shape {shape} (reduce it first, e.g. with .sum())")
+        return values[0]
     if not hasattr(root, "_prev") or not hasattr(root, "data"):
         raise TypeError(f"{function}() needs a Value, not {type(root).__name__}")
+    return root
 
 
 def _check_rankdir(rankdir: Any) -> None:
@@ -179,7 +194,7 @@ def _inputs(v: Any) -> list[Any]:
 def trace(root: N) -> tuple[set[N], set[tuple[N, N]]]:
     """micrograd's ``trace``: all Values reachable from ``root``, and the ``(child, parent)``
     pairs that link them. Iterative, so any depth works."""
-    _check_root(root, "trace")
+    root = _root_value(root, "trace")
     nodes: set[N] = set()
     edges: set[tuple[N, N]] = set()
     # Values hash by identity in both engines, so the sets behave as micrograd's do.
@@ -319,7 +334,7 @@ def _digraph(
     max_nodes: int | None,
     record: Any,
 ) -> graphviz.Digraph:
-    _check_root(root, function)
+    root = _root_value(root, function)
     _check_rankdir(rankdir)
     _check_max_nodes(max_nodes)
     graphviz = _import_graphviz()
@@ -451,7 +466,7 @@ def show_graph_interactive(
     The vis-network code is copied into the page from the pyvis package, so it opens from disk
     with no network access. Returns the path written.
     """
-    _check_root(root, "show_graph_interactive")
+    root = _root_value(root, "show_graph_interactive")
     _check_rankdir(rankdir)
     _check_max_nodes(max_nodes)
     vis_js, vis_css = _vis_network_assets()
