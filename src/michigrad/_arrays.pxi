@@ -704,7 +704,7 @@ cdef inline bint float_rows(GridRows* wr, GridRows* xr, Py_ssize_t m, Py_ssize_t
 
 cdef enum:
     # sums computed side by side by mg_dots (_vector_kernels.pxi): 32 where an output row has
-    # 32 left (four AVX-512 vectors), else 8, else one by one
+    # 32 left (four AVX-512 vectors), else 16, else 8, else one by one
     WIDE_DOTS = 32
     DOTS = 8
 
@@ -837,12 +837,11 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
             # (see mg_dots*), one at a time where a pair of rows holds ints
             inner = 0
             while inner < n_inner:
-                width = 0
-                if inner + WIDE_DOTS <= n_inner and float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, WIDE_DOTS):
-                    width = WIDE_DOTS
-                elif inner + DOTS <= n_inner and float_rows(&wr, &xr, m, bt, P, Q, outer, inner, x_major, DOTS):
-                    width = DOTS
-                if width:
+                width = WIDE_DOTS
+                while width >= DOTS and not (inner + width <= n_inner and float_rows(
+                        &wr, &xr, m, bt, P, Q, outer, inner, x_major, width)):
+                    width //= 2
+                if width >= DOTS:
                     for k in range(width):
                         grid_pair(bt, P, Q, outer, inner + k, x_major, &p, &q)
                         row_values[inner + k] = nodes[b.slots[bq[p]]].data if has_bias else 0.0

@@ -77,7 +77,8 @@ cdef extern from *:
        the same bits (a product's operand order does not matter: IEEE multiplication commutes).
        Side by side because each sum is a chain of dependent additions that alone leaves the
        FPU mostly idle: the sums are the lanes of vectors of the ISA's width (GCC's and clang's
-       vector extension), four independent chains at a time where there are enough outputs.
+       vector extension), four independent chains at a time where there are enough outputs,
+       then two, then one.
        The accumulators are named, not an array: GCC at -O2 would keep an array in memory. */
     #if defined(__GNUC__) || defined(__clang__)
     #define MG_LOAD(vec, p) memcpy(&(vec), (p), sizeof(vec))  /* an unaligned vector load */
@@ -102,6 +103,18 @@ cdef extern from *:
             }                                                                                   \\
             memcpy(out, &a0, sizeof a0); memcpy(out + LANES, &a1, sizeof a1);                   \\
             memcpy(out + 2 * LANES, &a2, sizeof a2); memcpy(out + 3 * LANES, &a3, sizeof a3);   \\
+        }                                                                                       \\
+        if (out + 2 * LANES <= v + width) {                                                     \\
+            MG_LOAD(a0, out); MG_LOAD(a1, out + LANES);                                         \\
+            for (Py_ssize_t k = 0; k < m; k++) {                                                \\
+                const double c = shared[k];                                                     \\
+                const double* row = col + k * stride;                                           \\
+                MG_LOAD(r, row); a0 = a0 + c * r;                                               \\
+                MG_LOAD(r, row + LANES); a1 = a1 + c * r;                                       \\
+            }                                                                                   \\
+            memcpy(out, &a0, sizeof a0); memcpy(out + LANES, &a1, sizeof a1);                   \\
+            out += 2 * LANES;                                                                   \\
+            col += 2 * LANES;                                                                   \\
         }                                                                                       \\
         for (; out + LANES <= v + width; out += LANES, col += LANES) {                          \\
             MG_LOAD(a0, out);                                                                   \\
