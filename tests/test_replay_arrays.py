@@ -186,6 +186,74 @@ def test_matmul_outputs_replay_side_by_side_to_a_fresh_builds_bits(MLArray: type
     g.close()
 
 
+# The compiled replay sums 32 or 16 outputs that share a row (of 32 to 4096 products) on a
+# panel: their other rows copied side by side, made when a set of rows is met a second time in
+# a run and kept for the rest of it (8 at most). The reference engine sums one at a time.
+# Each graph: (leaf arrays' shapes, loss of the arrays, whether panels are used).
+
+def panel_matmul(M: type, a: Any, b: Any) -> Any:  # noqa: N803
+    """W1's shape: each of a's 64 rows meets the same two sets of 32 of b's columns."""
+    return (a @ b).tanh().sum()
+
+
+def panel_dense(M: type, x: Any, w: Any, bias: Any) -> Any:  # noqa: N803
+    """A dense layer, 48 outputs a sample (32 + 16): the w rows, each with its bias first, are
+    the panels every sample meets."""
+    from michigrad.array import dense
+    return (dense(x, w, bias).tanh() * 0.5).sum()
+
+
+def panel_many_sets(M: type, a: Any, b: Any, c: Any) -> Any:  # noqa: N803
+    """Eleven sets of 32 columns a row, more than the 8 panels kept: they keep replacing one
+    another; and a second product one depth up, with a run of its own."""
+    ab = a @ b
+    return (ab @ c).sum() + ab.sum()
+
+
+def panel_seen_once(M: type, a: Any, b: Any) -> Any:  # noqa: N803
+    """One row of outputs: every set of columns is met once, so no panel is made."""
+    return (a @ b).sum()
+
+
+PANEL_GRAPHS = {
+    panel_matmul: ([(64, 64), (64, 64)], True),
+    panel_dense: ([(20, 40), (48, 40), (48,)], True),
+    panel_many_sets: ([(5, 33), (33, 352), (352, 32)], True),
+    panel_seen_once: ([(1, 50), (50, 64)], False),
+}
+
+
+@pytest.mark.parametrize("graph", list(PANEL_GRAPHS), ids=lambda g: g.__name__)
+def test_outputs_summed_on_panels_replay_to_a_fresh_builds_bits(engine: str, MLArray: type, graph: Any) -> None:  # noqa: N803
+    def panel_outputs() -> int:
+        from michigrad import _engine
+        return _engine._arena_stats()["panel_outputs"] if engine == "compiled" else 0
+
+    shapes, uses_panels = PANEL_GRAPHS[graph]
+    rng = np.random.default_rng(17)
+    arrays = [MLArray(rng.normal(size=shape)) for shape in shapes]
+    leaves = element_values(arrays)
+    g = Graph(graph(MLArray, *arrays))
+    for step in range(3):
+        for p in leaves:  # new data each run: the panels of the last one are stale
+            p.data = p.data * 0.9 + 0.01 * step
+            p.grad = 0
+        before = panel_outputs()
+        replayed = g.forward()
+        on_panels = panel_outputs() - before
+        g.backward()
+        replayed_grads = [bits(p.grad) for p in leaves]
+        for p in leaves:
+            p.grad = 0
+        fresh = graph(MLArray, *arrays)
+        fresh.backward()
+        assert bits(replayed) == bits(fresh.item())
+        assert replayed_grads == [bits(p.grad) for p in leaves]
+        if engine == "compiled":
+            assert (on_panels > 0) == uses_panels, on_panels
+    g.close()
+
+
 def test_int_operands_replay_with_ints(MLArray: type) -> None:  # noqa: N803
     """A matmul over int leaves: its products are ints (Python's int arithmetic), so the
     replay takes the int-aware path and gives ints, as a fresh build does."""

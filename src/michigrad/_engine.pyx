@@ -68,6 +68,7 @@ A.reuses = 0
 cdef unsigned long long py_backward_sets = 0  # `_backward` assignments so far (replay checks it)
 cdef Py_ssize_t live_blocks = 0  # shared blocks of children (KidBlock) allocated, not yet freed
 cdef Py_ssize_t row_copied_outputs = 0  # matmul nodes whose backward ran on copied rows (_sweep.pxi)
+cdef Py_ssize_t panel_outputs = 0  # matmul nodes a replayed forward summed on a panel (_replay.pxi)
 
 
 # ===================================================================================== the arena
@@ -1684,6 +1685,7 @@ def _arena_stats():
         "node_bytes": sizeof(Node),
         "shared_blocks": live_blocks,
         "row_copied_outputs": row_copied_outputs,
+        "panel_outputs": panel_outputs,
     }
 
 

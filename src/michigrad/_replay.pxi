@@ -163,12 +163,126 @@ cdef void dot_of_rows(Node* nodes, Node* out, RowBuffer* rows) noexcept nogil:
     out.flags &= ~F_DATA_INT
 
 
-cdef bint forward_linear_run(Node* nodes, int32_t* outs, Py_ssize_t size, RowBuffer* rows) noexcept:
+# A replayed matmul's outputs that share one row read other rows that recur: W1's 64 w rows
+# each meet the same two sets of 32 x rows, a dense layer's samples all meet the same w rows. A
+# panel is such a set of other rows copied transposed (element k of lane j at k * width + j),
+# so that mg_dots sums its outputs side by side in vector lanes; it is kept for the rest of the
+# run (the rows' data do not change within one) and made at a set's second sighting, so a graph
+# whose sets never recur pays nothing for it.
+cdef enum:
+    PANEL_SLOTS = 8     # panels kept per run (the least recently made one is replaced)
+    PANEL_WIDTH = 32    # outputs summed side by side at most (mg_dots' widest run)
+    PANEL_MIN_M = 32    # shorter rows are summed from the copied rows directly: a panel's
+                        # lookup costs more than it saves there (W2's 8 and 16: +2%)
+    PANEL_MAX_M = 4096  # and so are longer ones (the panels' memory stays under
+                        # PANEL_SLOTS * 32 * 4096 doubles: 8 MB)
+
+ctypedef struct Panel:
+    KidBlock* blocks[PANEL_WIDTH]  # the other rows, lane by lane (width of them; none: width 0)
+    Py_ssize_t width
+    Py_ssize_t skip                # elements skipped at each row's start (a w row's bias)
+    Py_ssize_t m                   # elements per lane
+    bint made                      # data holds the panel (else the set was only seen once)
+    double* data                   # m * width doubles, capacity `capacity`
+    Py_ssize_t capacity
+
+ctypedef struct PanelCache:
+    Panel slots[PANEL_SLOTS]
+    Py_ssize_t next_victim
+
+
+cdef void clear_panels(PanelCache* cache) noexcept nogil:
+    """Forget every panel (a new run: the rows' data may have changed); keep the memory."""
+    cdef Py_ssize_t s
+    for s in range(PANEL_SLOTS):
+        cache.slots[s].width = 0
+        cache.slots[s].made = False
+    cache.next_victim = 0
+
+
+cdef void free_panels(PanelCache* cache) noexcept nogil:
+    cdef Py_ssize_t s
+    for s in range(PANEL_SLOTS):
+        free(cache.slots[s].data)
+        cache.slots[s].data = NULL
+        cache.slots[s].capacity = 0
+
+
+cdef Panel* panel_for(PanelCache* cache, KidBlock** others, Py_ssize_t width, Py_ssize_t skip,
+                      Py_ssize_t m, const RowBuffer* rows) noexcept nogil:
+    """The panel of these other rows if it is made (or can be made now, at their second
+    sighting); NULL at the first sighting (recorded), or when memory is short."""
+    cdef Py_ssize_t s, j, k
+    cdef Panel* p
+    cdef double* data
+    for s in range(PANEL_SLOTS):
+        p = &cache.slots[s]
+        if p.width != width or p.skip != skip or p.m != m or p.blocks[0] != others[0]:
+            continue
+        for j in range(1, width):
+            if p.blocks[j] != others[j]:
+                break
+        else:
+            if not p.made:  # the second sighting: make it
+                if m * width > p.capacity:
+                    data = <double*>realloc(p.data, <size_t>(m * width) * sizeof(double))
+                    if data == NULL:
+                        return NULL
+                    p.data = data
+                    p.capacity = m * width
+                for j in range(width):
+                    for k in range(m):
+                        p.data[k * width + j] = rows.data[others[j].row + skip + k]
+                p.made = True
+            return p
+    p = &cache.slots[cache.next_victim]  # the first sighting: remember the set
+    cache.next_victim = (cache.next_victim + 1) % PANEL_SLOTS
+    for j in range(width):
+        p.blocks[j] = others[j]
+    p.width, p.skip, p.m, p.made = width, skip, m, False
+    return NULL
+
+
+cdef void dots_of_group(Node* nodes, int32_t* outs, Py_ssize_t width, bint by_w, RowBuffer* rows,
+                        PanelCache* cache) noexcept nogil:
+    """The values of `width` (16 or 32) 'linear' nodes that share one row, of PANEL_MIN_M to
+    PANEL_MAX_M products each: on a panel of their other rows where there is one, else
+    dots_of_rows 8 at a time. The same bits either way."""
+    global panel_outputs
+    cdef Node* first = &nodes[outs[0]]
+    cdef int32_t has_bias = first.nkids & 1, m = first.nkids >> 1
+    cdef KidBlock* others[PANEL_WIDTH]
+    cdef double v[PANEL_WIDTH]
+    cdef Py_ssize_t j
+    for j in range(width):
+        others[j] = other_block(&nodes[outs[j]], by_w)
+    cdef Panel* panel = panel_for(cache, others, width, 0 if by_w else has_bias, m, rows)
+    if panel == NULL:
+        for j in range(width // DOT_GROUP):
+            dots_of_rows(nodes, outs + j * DOT_GROUP, by_w, rows)
+        return
+    cdef const double* shared = rows.data + run_block(first, by_w).row
+    for j in range(width):  # the sums start from the bias (shared, or each output's own), or 0
+        if has_bias:
+            v[j] = shared[0] if by_w else rows.data[others[j].row]
+        else:
+            v[j] = 0.0  # Python's sum() starts from the int 0, and 0 + p is 0.0 + p
+    if has_bias and by_w:
+        shared += 1
+    mg_dots(shared, panel.data, width, v, m, <int>width)
+    panel_outputs += width
+    for j in range(width):
+        nodes[outs[j]].data = v[j]
+        nodes[outs[j]].flags &= ~F_DATA_INT
+
+
+cdef bint forward_linear_run(Node* nodes, int32_t* outs, Py_ssize_t size, RowBuffer* rows,
+                             PanelCache* panels) noexcept:
     """Recompute `size` (at most MAX_BATCH) 'linear' nodes over shared rows, none of which reads
     another, on copies of their rows: each row read once, not once per output. False, with
     nothing written, when a row holds an int (a product might be an int: node_forward's
     int-aware path) or memory is short."""
-    cdef Py_ssize_t nblocks, b, k, t = 0, group
+    cdef Py_ssize_t nblocks, b, k, t = 0, group, m
     cdef Py_ssize_t total = place_rows(nodes, outs, size, &nblocks)
     cdef KidBlock* block
     cdef Node* n
@@ -184,12 +298,21 @@ cdef bint forward_linear_run(Node* nodes, int32_t* outs, Py_ssize_t size, RowBuf
             flags |= n.flags
     if flags & F_DATA_INT:
         return False
+    clear_panels(panels)
     while t < size:
-        group = dot_group(nodes, outs + t, size - t, &by_w)
-        if group == DOT_GROUP:
-            dots_of_rows(nodes, outs + t, by_w, rows)
+        # the widest run of outputs from t that share a row: 32 or 16 (on a panel), 8 or 1
+        m = nodes[outs[t]].nkids >> 1
+        group = PANEL_WIDTH if PANEL_MIN_M <= m <= PANEL_MAX_M else DOT_GROUP
+        while group > DOT_GROUP and not (size - t >= group and share_a_row(nodes, outs + t, group, &by_w)):
+            group //= 2
+        if group > DOT_GROUP:
+            dots_of_group(nodes, outs + t, group, by_w, rows, panels)
         else:
-            dot_of_rows(nodes, &nodes[outs[t]], rows)
+            group = dot_group(nodes, outs + t, size - t, &by_w)
+            if group == DOT_GROUP:
+                dots_of_rows(nodes, outs + t, by_w, rows)
+            else:
+                dot_of_rows(nodes, &nodes[outs[t]], rows)
         t += group
     return True
 
@@ -433,9 +556,11 @@ cdef class Tape:
         cdef int32_t* order = self.by_depth
         cdef Py_ssize_t k = 0, j, run, end, d
         cdef RowBuffer rows
+        cdef PanelCache panels
         cdef SavedData* saved = self.saved  # saved[k]: node order[k]'s data before this forward
         rows.data = rows.grad = NULL
         rows.capacity = rows.grad_capacity = 0
+        memset(&panels, 0, sizeof(PanelCache))
         try:
             for d in range(self.ndepths):
                 end = self.depth_ends[d]
@@ -445,7 +570,7 @@ cdef class Tape:
                         run += 1
                     if saved != NULL:
                         save_data(nodes, order + k, max(run, 1), saved + k)
-                    if run >= DOT_GROUP and forward_linear_run(nodes, order + k, run, &rows):
+                    if run >= DOT_GROUP and forward_linear_run(nodes, order + k, run, &rows, &panels):
                         k += run
                         continue
                     for j in range(k, k + max(run, 1)):
@@ -456,6 +581,7 @@ cdef class Tape:
         finally:
             free(rows.data)
             free(rows.grad)
+            free_panels(&panels)
         return 0
 
     cdef int run_backward(self) except -1:
