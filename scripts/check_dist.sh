@@ -96,6 +96,22 @@ if [[ "$(uname -s)" == Linux ]]; then
         fail "auditwheel does not find the wheel consistent with a manylinux policy"
 fi
 
+if [[ "$(uname -s)" == Linux && "$(uname -m)" == x86_64 ]]; then
+    # The engine's results are Python's bits only if no multiply and add are fused into one
+    # rounding; the AVX-512 copies of the vector kernels (_vector_kernels.pxi) could fuse them.
+    step "no fused multiply-add instruction in the wheel's compiled engine"
+    command -v objdump >/dev/null || fail "objdump (GNU binutils) is needed to check the engine"
+    "$tools/python" - "$wheel" "$work/engine.so" <<'EOF'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    name = next(n for n in z.namelist() if n.startswith("michigrad/_engine") and n.endswith(".so"))
+    open(sys.argv[2], "wb").write(z.read(name))
+EOF
+    fused=$(objdump -d --no-show-raw-insn "$work/engine.so" | grep -cE '\svfn?m(add|sub)' || true)
+    [[ "$fused" == 0 ]] || fail "the compiled engine holds $fused fused multiply-add instructions"
+    echo "no fused multiply-add instruction in $(basename "$wheel")'s engine"
+fi
+
 step "fresh venv: the wheel and its test extra"
 "$python" -m venv "$work/venv"
 vpy="$work/venv/bin/python"
