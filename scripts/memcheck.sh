@@ -27,7 +27,7 @@ PYTHONPATH=src PYTHONMALLOC=malloc valgrind --tool=memcheck \
         tests/test_lifetime.py tests/test_errors.py tests/test_micrograd_compat.py \
         tests/test_engine_api.py tests/test_linear.py tests/test_replay.py \
         tests/test_array_kernels.py tests/test_array.py tests/test_replay_arrays.py tests/test_sweep.py \
-        tests/test_free_order.py \
+        tests/test_free_order.py tests/test_vector_kernels.py \
         -k "not torch" "$@" || status=$?
 
 "$python" - "$log" <<'PY'
