@@ -292,7 +292,7 @@ def _set_vector_isa(str isa):
 
 # MICHIGRAD_VECTOR_ISA's values, narrowest first: a cap picks the widest copy this machine runs
 # up to it (on a machine with one copy, that copy)
-ISA_CAPS = ("sse2", "avx2", "avx512f")
+cdef tuple ISA_CAPS = ("sse2", "avx2", "avx512f")
 
 
 cdef int init_vector_kernels() except -1:
