@@ -23,6 +23,9 @@ Peers, each running the same computation:
   matmul or dense layer makes one 'linear' node per output element).
 * ``MLArray replay``     -- the MLArray graph recorded once with ``michigrad.Graph``, each run
   ``forward()`` + ``backward()`` in C (a training loop over a fixed-shape batch).
+* ``MLArray sse2``, ``replay sse2`` -- the same two with the matmul's vector kernels switched to
+  the x86-64 baseline's copy (``_engine._set_vector_isa('sse2')``), when the machine runs a wider
+  one (AVX2, AVX-512): what the wider copies gain, same bits.
 * ``nested Values``      -- nested Python lists of michigrad's *compiled* scalar ``Value``,
   written as SmolML's MLArray does it (``sum(a * b ...)``, ``+``, ``tanh``): SmolML's workload
   on our fast scalar engine, the stricter comparison.
@@ -339,12 +342,51 @@ def alternating_runs(setups: dict[str, tuple[Any, Callable[[Any], Any]]], reps: 
             gc.collect()
 
 
+def on_isa(peer: dict[str, Callable[[], Any]], isa: str) -> dict[str, Callable[[], Any]]:
+    """The peer with the engine's vector kernels switched to `isa` for each of its runs (the
+    same bits, the speed of narrower vectors)."""
+    from michigrad import _engine
+
+    def wrap(setup: Callable[[], Any]) -> Callable[[], Any]:
+        def make() -> tuple[Any, Callable[[Any], Any]]:
+            leaves, run = setup()
+
+            def run_on_isa(leaves: Any) -> Any:
+                in_use = _engine._vector_isa()[0]
+                _engine._set_vector_isa(isa)
+                try:
+                    return run(leaves)
+                finally:
+                    _engine._set_vector_isa(in_use)
+
+            return leaves, run_on_isa
+
+        return make
+
+    return {workload: wrap(setup) for workload, setup in peer.items()}
+
+
+def baseline_isa_peers() -> dict[str, dict[str, Callable[[], Any]]]:
+    """MLArray and its replay on the x86-64 baseline's (SSE2) vector kernels, when the machine
+    runs wider ones: what the wider copies gain."""
+    if michigrad.engine.ENGINE != "compiled":
+        return {}
+    from michigrad import _engine
+
+    in_use, supported = _engine._vector_isa()
+    if supported[0] != "sse2" or in_use == "sse2":
+        return {}
+    return {"MLArray sse2": on_isa(mlarray_peer(), "sse2"),
+            "replay sse2": on_isa(mlarray_replay_peer(), "sse2")}
+
+
 def bench_workloads(reps: int) -> None:
     from micrograd.engine import Value as MicrogradValue
 
     peers: dict[str, dict[str, Callable[[], Any]]] = {
         "MLArray": mlarray_peer(),
         "MLArray replay": mlarray_replay_peer(),
+        **baseline_isa_peers(),
         "nested Values": nested_peer(michigrad.Value, lambda v: v.tanh(), fused=False),
         "nested + linear": nested_peer(michigrad.Value, lambda v: v.tanh(), fused=True),
         "micrograd": nested_peer(MicrogradValue, micrograd_tanh, fused=False),
@@ -370,7 +412,7 @@ def bench_workloads(reps: int) -> None:
         nodes: dict[str, int] = {}
 
         def record(name: str, rep: int, wall: float, cpu: float, allocated: int, loss: Any) -> None:
-            if name in ("MLArray", "nested Values", "nested + linear"):
+            if name in ("MLArray", "MLArray sse2", "nested Values", "nested + linear"):
                 nodes[name] = allocated
             elif name == "micrograd" and rep == 0:
                 nodes[name] = count_micrograd_nodes(loss)
