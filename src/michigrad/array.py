@@ -82,9 +82,14 @@ def _positions(index: np.ndarray) -> np.ndarray:
 
 
 def _broadcast_index(index: np.ndarray, shape: Shape) -> np.ndarray:
-    """index broadcast to shape: itself when it already has that shape (numpy's broadcast_to
-    costs microseconds, a fair part of a small array op)."""
-    return index if index.shape == shape else np.broadcast_to(index, shape)
+    """index broadcast to shape: itself when it already has that shape, and a 0-d index (a
+    number's or a Value's one slot) filled in (numpy's broadcast_to, and the copy _positions
+    then makes of it, cost microseconds: most of a small array op's time)."""
+    if index.shape == shape:
+        return index
+    if index.ndim == 0:
+        return np.full(shape, index, dtype=np.int64)
+    return np.broadcast_to(index, shape)
 
 
 def _drop_leading_ones(arr: np.ndarray, ndim: int) -> np.ndarray:
@@ -444,8 +449,12 @@ class MLArrayBase:
 
     @staticmethod
     def _broadcast(a: MLArrayBase, b: MLArrayBase) -> Shape:
-        if a._index.shape == b._index.shape:  # the common case, without numpy's general machinery
+        if a._index.shape == b._index.shape:  # the common cases, without numpy's general machinery
             return a._index.shape
+        if b._index.ndim == 0:  # a number or a Value
+            return a._index.shape
+        if a._index.ndim == 0:
+            return b._index.shape
         try:
             return tuple(np.broadcast_shapes(a.shape, b.shape))
         except ValueError:
