@@ -712,7 +712,7 @@ cdef enum:
 cdef double* transposed_rows(const double* data, Py_ssize_t batches, Py_ssize_t rows,
                              Py_ssize_t m) except NULL:
     """A malloc'd copy of batches blocks of rows x m doubles, each block transposed (m x rows):
-    mg_dots*' columns."""
+    mg_dots' columns."""
     cdef double* t = <double*>malloc(<size_t>(batches * rows * m if batches * rows * m > 0 else 1)
                                      * sizeof(double))
     if t == NULL:
@@ -773,7 +773,7 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     wr.has_int = xr.has_int = NULL
     cdef KidBlock** w_blocks = NULL
     cdef KidBlock** x_blocks = NULL
-    cdef double* columns = NULL  # the inner operand's rows transposed, for mg_dots*
+    cdef double* columns = NULL  # the inner operand's rows transposed, for mg_dots
     cdef double* row_values = NULL  # one output row's values and int flags, before its nodes
     cdef bint* row_ints = NULL
     cdef NodeStore out
@@ -833,8 +833,8 @@ def array_matmul(NodeStore w not None, w_rows, NodeStore x not None, x_rows, Py_
     cdef Node* node
     for bt in range(batches):
         for outer in range(n_outer):
-            # the values of this output row first: DOTS sums at a time where they can be
-            # (see mg_dots*), one at a time where a pair of rows holds ints
+            # the values of this output row first: 32, 16 or 8 sums at a time where they can
+            # be (see mg_dots), one at a time where a pair of rows holds ints
             inner = 0
             while inner < n_inner:
                 width = WIDE_DOTS

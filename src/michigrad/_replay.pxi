@@ -97,7 +97,7 @@ cdef int32_t* depth_order(int32_t* order, Py_ssize_t count, Py_ssize_t** ends,
 
 
 cdef enum:
-    DOT_GROUP = 8  # forward_linear_run computes this many sums side by side
+    DOT_GROUP = 8  # dots_of_rows computes this many sums side by side (panels: 16 or 32)
 
 
 cdef inline bint shared_linear(Node* n) noexcept nogil:
