@@ -170,7 +170,7 @@ cdef void dot_of_rows(Node* nodes, Node* out, RowBuffer* rows) noexcept nogil:
 # run (the rows' data do not change within one) and made at a set's second sighting, so a graph
 # whose sets never recur pays nothing for it.
 cdef enum:
-    PANEL_SLOTS = 8     # panels kept per run (the least recently made one is replaced)
+    PANEL_SLOTS = 8     # panels kept per run (a new set of rows replaces one round-robin)
     PANEL_WIDTH = 32    # outputs summed side by side at most (mg_dots' widest run)
     PANEL_MIN_M = 32    # shorter rows are summed from the copied rows directly: a panel's
                         # lookup costs more than it saves there (W2's 8 and 16: +2%)
