@@ -190,7 +190,6 @@ cdef extern from *:
     MG_DEFINE_SET(base, "baseline", , 2)
     static const mg_kernel_set* const mg_sets[] = {&mg_set_base};
     #endif
-    #define MG_NSETS ((int)(sizeof mg_sets / sizeof mg_sets[0]))
 
     static const mg_kernel_set* mg_kernels = &mg_set_base;
 
@@ -246,7 +245,6 @@ cdef extern from *:
         mg_kernels->dots(shared, columns, stride, v, m, width);
     }
     """
-    int MG_NSETS
     int mg_supported_sets() noexcept nogil
     int mg_use_set(int index) noexcept nogil
     const char* mg_set_isa(int index) noexcept nogil
@@ -261,15 +259,6 @@ cdef extern from *:
                  Py_ssize_t m, int width) noexcept nogil
 
 
-cdef int vector_isa_index(str isa) except -2:
-    """The index of the kernel set named isa (-1 if there is none of that name here)."""
-    cdef int index
-    for index in range(MG_NSETS):
-        if mg_set_isa(index).decode() == isa:
-            return index
-    return -1
-
-
 def _vector_isa():
     """The instruction set of the vector kernels in use ('sse2', 'avx2', 'avx512f'; 'baseline'
     where there is one copy), and those this machine can run, narrowest first."""
@@ -277,6 +266,7 @@ def _vector_isa():
 
 
 cdef list supported_isas():
+    """The names of the kernel sets this machine runs, narrowest first: set k is the k-th."""
     cdef int index
     return [mg_set_isa(index).decode() for index in range(mg_supported_sets())]
 
@@ -284,10 +274,11 @@ cdef list supported_isas():
 def _set_vector_isa(str isa):
     """Run the vector kernels of `isa` (one of _vector_isa()[1]): every set gives the same bits,
     so only the speed changes. For tests and benchmarks."""
-    cdef int index = vector_isa_index(isa)
-    if index < 0 or mg_use_set(index) < 0:
+    supported = supported_isas()
+    if isa not in supported:
         raise ValueError(f"michigrad: vector kernels {isa!r} are not ones this machine runs "
-                         f"(it runs {supported_isas()})")
+                         f"(it runs {supported})")
+    mg_use_set(supported.index(isa))
 
 
 # MICHIGRAD_VECTOR_ISA's values, narrowest first: a cap picks the widest copy this machine runs

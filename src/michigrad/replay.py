@@ -77,6 +77,18 @@ def _array_elements(x: Any) -> tuple[list[Any], tuple[int, ...]] | None:
     return x.values(), tuple(x.shape)
 
 
+def _one_value(x: Any, needs: str) -> Any:
+    """x, or the element of x when x is a one-element MLArray (a loss from ``.sum()`` or
+    ``.mean()``); a larger MLArray raises ValueError(f"{needs} ... an MLArray of shape ...")."""
+    elements = _array_elements(x)
+    if elements is None:
+        return x
+    values, shape = elements
+    if len(values) != 1:
+        raise ValueError(f"{needs} an MLArray of shape {shape} (reduce it first, e.g. with .sum())")
+    return values[0]
+
+
 def _flatten(values: Any, cls: type, what: str) -> tuple[list[Any], tuple[int, ...]]:
     """A Value, an MLArray, or (nested, rectangular) lists/tuples of Values: flat in C order,
     and the shape."""
@@ -118,12 +130,7 @@ class Graph:
     def __init__(self, output: Any, inputs: Any = None, params: Iterable[Any] | None = None) -> None:
         cls: type
         tape_cls: Any
-        elements = _array_elements(output)
-        if elements is not None:  # a one-element MLArray (e.g. a loss from .sum() or .mean())
-            if len(elements[0]) != 1:
-                raise ValueError(f"Graph needs a one-element output, not an MLArray of shape "
-                                 f"{elements[1]} (reduce it first, e.g. with .sum())")
-            output = elements[0][0]
+        output = _one_value(output, "Graph needs a one-element output, not")
         if _engine is not None and isinstance(output, _engine.Value):
             cls, tape_cls = _engine.Value, _engine.Tape
         elif isinstance(output, _reference.Value):

@@ -134,15 +134,9 @@ def _vis_network_assets() -> tuple[str, str]:
 def _root_value(root: Any, function: str) -> Any:
     """The Value whose graph is drawn: root itself, or a one-element MLArray's element (a loss
     from ``.sum()`` or ``.mean()``, as ``Graph`` takes it)."""
-    from .replay import _array_elements  # (recognises an MLArray without importing numpy)
+    from .replay import _one_value  # (recognises an MLArray without importing numpy)
 
-    elements = _array_elements(root)
-    if elements is not None:
-        values, shape = elements
-        if len(values) != 1:
-            raise ValueError(f"{function}() draws the graph of one Value, not of an MLArray of "
-                             f"shape {shape} (reduce it first, e.g. with .sum())")
-        return values[0]
+    root = _one_value(root, f"{function}() draws the graph of one Value, not of")
     if not hasattr(root, "_prev") or not hasattr(root, "data"):
         raise TypeError(f"{function}() needs a Value, not {type(root).__name__}")
     return root
