@@ -94,7 +94,7 @@ ctypedef struct Node:
     Kids kids            # children (pair[i] == -1 when absent, `many` or blocks when nkids > 2)
     int32_t nkids
     uint32_t refcnt      # the live handle (0 or 1) + one per reference from a parent
-    uint32_t mark        # visit epoch during backward; next-slot link while dying
+    uint32_t mark        # visit epoch during backward (and the sweep's batch marks)
     uint16_t op
     uint16_t flags
     PyObject* handle     # borrowed: the live Value handle of this node, or NULL
@@ -110,7 +110,8 @@ ctypedef struct Arena:
     uint64_t* free_bits  # scratch bitmap (a bit per slot, all zero between uses) with which
     Py_ssize_t free_bits_words  # release_queued() puts a large freed run in address order
                                 # (grown as needed, never shrunk: 1/512 of the nodes' memory)
-    int32_t dying_head   # nodes whose count reached zero, waiting to be released
+    int32_t* dying       # nodes whose count reached zero, waiting to be released (a stack:
+    int32_t ndying       # each node is on it at most once, so the arena's capacity bounds it)
     bint releasing       # a release loop is running (re-entrant releases queue onto it)
     uint32_t epoch       # current backward visit mark
     Py_ssize_t live      # counters for the debug hook `_arena_stats()`

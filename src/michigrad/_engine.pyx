@@ -59,7 +59,8 @@ A.free_slots = NULL
 A.nfree = 0
 A.free_bits = NULL
 A.free_bits_words = 0
-A.dying_head = -1
+A.dying = NULL
+A.ndying = 0
 A.releasing = False
 A.epoch = 0
 A.live = 0
@@ -88,6 +89,10 @@ cdef int grow(Py_ssize_t needed) except -1:
     if slots == NULL:
         raise MemoryError(f"michigrad: cannot grow the node arena to {capacity} nodes")
     A.free_slots = slots
+    cdef int32_t* dying = <int32_t*>realloc(A.dying, <size_t>capacity * sizeof(int32_t))
+    if dying == NULL:
+        raise MemoryError(f"michigrad: cannot grow the node arena to {capacity} nodes")
+    A.dying = dying
     memset(&nodes[A.capacity], 0, <size_t>(capacity - A.capacity) * sizeof(Node))
     cdef int32_t k, first = A.capacity if A.capacity > 0 else 1  # slot 0: never a node
     # The new slots are taken lowest first, except that every 64th waits until all the others
@@ -187,8 +192,8 @@ cdef inline void queue_if_dead(int32_t i) noexcept:
     cdef Node* n = &A.nodes[i]
     n.refcnt -= 1
     if n.refcnt == 0:
-        n.mark = <uint32_t>A.dying_head
-        A.dying_head = i
+        A.dying[A.ndying] = i
+        A.ndying += 1
 
 
 cdef inline void release_block(KidBlock* block) noexcept:
@@ -229,17 +234,17 @@ cdef void release_queued() noexcept:
     Freeing a node may run Python code (its extra's closure holds handles of other nodes, whose
     deallocation calls back here): those releases are queued on the running loop, so the depth of
     the graph never becomes depth of the C stack."""
-    if A.releasing or A.dying_head < 0:
+    if A.releasing or A.ndying == 0:
         return
     cdef Node* n
     cdef PyObject* extra
     cdef int32_t i, k
     cdef int32_t first_freed = A.nfree
     A.releasing = True
-    while A.dying_head >= 0:
-        i = A.dying_head
+    while A.ndying > 0:
+        A.ndying -= 1
+        i = A.dying[A.ndying]
         n = &A.nodes[i]
-        A.dying_head = <int32_t>n.mark
         if n.flags & F_SHARED_KIDS:
             release_block(n.kids.block)
             release_block(n.aux.block)
@@ -927,7 +932,7 @@ ctypedef struct Frame:
 
 cdef void clear_marks() noexcept:
     """Set every live node's and shared block's mark to 0, older than any epoch (a free slot has
-    a zero count; new_node clears its mark, and a dying node's mark is its queue link)."""
+    a zero count, as has a dying one, and new_node clears its mark)."""
     cdef int32_t k
     cdef Node* n
     for k in range(A.capacity):
