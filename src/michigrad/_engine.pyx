@@ -591,13 +591,34 @@ cdef inline double sum_or_product(bint product, double x, bint xi, double y, bin
 cdef inline int op_forward(uint16_t op, double x, bint xi, double y, bint yi,
                            double* r, bint* ri) noexcept nogil:
     """The value of `op` at x (and y: the other operand, or the exponent of '**c'), keeping
-    Python's int/float distinction in *ri. Returns FWD_OK, or the error Python would raise."""
+    Python's int/float distinction in *ri. Returns FWD_OK, or the error Python would raise.
+    The ops made of plain arithmetic are here, small enough to be inlined into the kernels'
+    loops (a call per node was ~15% of an array relu); the ones that call libm, and may fail,
+    are in libm_forward."""
+    if op == OP_ADD or op == OP_MUL:
+        r[0] = sum_or_product(op == OP_MUL, x, xi, y, yi, ri)
+    elif op == OP_RELU:  # micrograd's `0 if x < 0 else x`: the int 0 below zero
+        ri[0] = x < 0.0 or xi
+        r[0] = 0.0 if x < 0.0 else x + 0.0 if xi else x  # (an int has no negative zero)
+    elif op == OP_ABS:
+        ri[0] = xi
+        r[0] = fabs(x)
+    elif op == OP_LEAKY_RELU and x > 0.0:  # x if x > 0 else slope * x, slope = y ('*' keeps ints)
+        ri[0] = xi
+        r[0] = x
+    elif op == OP_LEAKY_RELU:
+        r[0] = sum_or_product(True, y, yi, x, xi, ri)
+    else:
+        return libm_forward(op, x, xi, y, yi, r, ri)
+    return FWD_OK
+
+
+cdef int libm_forward(uint16_t op, double x, bint xi, double y, bint yi, double* r,
+                      bint* ri) noexcept nogil:
+    """op_forward for the ops that call libm: the powers, exp, log, tanh, sigmoid, elu."""
     cdef bint overflow, zero_division, complex_result
     cdef double v
     ri[0] = False
-    if op == OP_ADD or op == OP_MUL:
-        r[0] = sum_or_product(op == OP_MUL, x, xi, y, yi, ri)
-        return FWD_OK
     if op == OP_POWC or op == OP_POW or op == OP_STD:
         v = python_pow(x, y, &overflow, &zero_division, &complex_result)
         if zero_division:
@@ -617,24 +638,8 @@ cdef inline int op_forward(uint16_t op, double x, bint xi, double y, bint yi,
         v = log(x)
     elif op == OP_TANH:
         v = tanh(x)
-    elif op == OP_RELU:  # micrograd's `0 if x < 0 else x`: the int 0 below zero
-        if x < 0.0:
-            v = 0.0
-            ri[0] = True
-        else:
-            v = x
-            ri[0] = xi
     elif op == OP_SIGMOID:
         v = sigmoid(x)
-    elif op == OP_ABS:
-        v = fabs(x)
-        ri[0] = xi
-    elif op == OP_LEAKY_RELU:  # x if x > 0 else slope * x, slope = y ('*' keeps ints)
-        if x > 0.0:
-            v = x
-            ri[0] = xi
-        else:
-            v = sum_or_product(True, y, yi, x, xi, ri)
     elif op == OP_ELU:  # x if x > 0 else alpha * expm1(x), alpha = y (a float)
         if x > 0.0:
             v = x
