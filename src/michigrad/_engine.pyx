@@ -313,9 +313,21 @@ cdef void sort_free_run(int32_t lo) noexcept:
         A.free_bits = bits
         A.free_bits_words = words
     bits = A.free_bits
+    # A run is freed mostly in address order: collect a word's bits in a register while the
+    # slots stay in it (an |= into memory per slot waited for the previous one's store)
+    cdef Py_ssize_t word_at = -1, at
+    cdef uint64_t collected = 0
     for k in range(lo, hi):
         slot = stack[k]
-        bits[slot // 64 - base] |= <uint64_t>1 << (slot % 64)
+        at = <uint32_t>slot // 64 - base
+        if at != word_at:
+            if word_at >= 0:
+                bits[word_at] |= collected
+            word_at = at
+            collected = 0
+        collected |= <uint64_t>1 << (<uint32_t>slot % 64)
+    if word_at >= 0:
+        bits[word_at] |= collected
     # Fill the run from its top (taken first) down: the other slots ascending, then the 64th ones.
     cdef int32_t top = hi - 1
     cdef uint64_t word, low
