@@ -639,6 +639,24 @@ def test_setitem_and_update_values_drop_leading_length_one_axes(MLArray):
     assert a.to_list() == [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]] and b.to_list() == [1.0] * 3
 
 
+def test_a_one_element_list_into_one_element_drops_its_axes_as_an_array_does(MLArray, Value):
+    """a[0, 0] = [1.0] raised AttributeError ('float' object has no attribute 'ndim'): the
+    list's object array lost its last axis by [0], which gives the item, not a 0-d array."""
+    a = MLArray.zeros(2, 3)
+    v = Value(4.0)
+    a[0, 0] = np.array([2.0])  # as an ndarray and an MLArray already were
+    a[0, 1] = [3]
+    a[0, 2] = [[v]]
+    a[1, 0] = MLArray([5.0])
+    assert a.to_list() == [[2.0, 3, 4.0], [5.0, 0.0, 0.0]] and a[0, 2] is v
+    s = MLArray(0.0)
+    s[()] = [1.5]
+    assert s.to_list() == 1.5
+    with pytest.raises(ValueError, match=r"from shape \(2,\) into shape \(\)"):
+        a[1, 1] = [1.0, 2.0]
+    assert a.to_list()[1] == [5.0, 0.0, 0.0]
+
+
 def test_an_empty_sum_gives_each_element_its_own_zero(MLArray):
     s = MLArray.zeros(0, 3).sum(axis=0)
     assert s.to_list() == [0, 0, 0] and type(s.to_list()[0]) is int  # Python's sum([])

@@ -96,7 +96,7 @@ def _drop_leading_ones(arr: np.ndarray, ndim: int) -> np.ndarray:
     """arr without the leading length-1 axes that make it longer than ndim dimensions: NumPy's
     assignment drops them (``x[0] = np.ones((1, 3))`` sets a row of 3)."""
     while arr.ndim > ndim and arr.shape[0] == 1:
-        arr = arr[0]
+        arr = arr.reshape(arr.shape[1:])  # (not arr[0]: an object array's [0] is its item)
     return arr
 
 
