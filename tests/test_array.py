@@ -503,6 +503,21 @@ def test_reshape(MLArray):
         a.reshape(-1, -1)
 
 
+def test_a_shape_may_be_a_numpy_array_as_in_numpy(MLArray):
+    """reshape(np.array([4, 6])) and zeros(np.array([2, 3])) raised TypeError (only tuples and
+    lists were read as one shape); reshape() with no shape made a 0-d array of a size-1 one."""
+    a = MLArray(np.arange(24.0))
+    assert a.reshape(np.array([4, 6])).shape == (4, 6) == np.arange(24).reshape(np.array([4, 6])).shape
+    assert a.reshape(np.array([-1, 2, 3], dtype=np.int32)).shape == (4, 2, 3)
+    assert a.reshape(np.int64(24)).shape == (24,) and a.reshape(np.array(24)).shape == (24,)
+    assert MLArray.zeros(np.array([2, 3])).shape == (2, 3) == np.zeros(np.array([2, 3])).shape
+    assert MLArray.ones(np.array(3)).shape == (3,) and MLArray.zeros(np.array([], dtype=int)).shape == ()
+    with pytest.raises(TypeError):
+        MLArray([1.0]).reshape()  # NumPy: TypeError, not a 0-d array
+    with pytest.raises(TypeError, match="a shape is ints"):
+        MLArray.zeros(np.array([2.0, 3.0]))
+
+
 def test_reshape_is_a_view_where_numpy_gives_one_else_a_copy_of_the_same_nodes(MLArray):
     data = np.arange(6.0).reshape(2, 3)
     a, expected = MLArray(data), data.copy()

@@ -102,8 +102,9 @@ def _drop_leading_ones(arr: np.ndarray, ndim: int) -> np.ndarray:
 
 def _shape_arg(shape: tuple[Any, ...], what: str) -> Shape:
     """A shape given as varargs (``zeros(2, 3)``) or as one tuple/list (``zeros((2, 3))``)."""
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = tuple(shape[0])
+    first = shape[0] if len(shape) == 1 else None
+    if isinstance(first, (tuple, list)) or (isinstance(first, np.ndarray) and first.ndim == 1):
+        shape = tuple(first)  # (a 1-D numpy array is a shape too, as np.zeros takes it)
     try:
         dims = tuple(operator.index(d) for d in shape)
     except TypeError:
@@ -717,9 +718,8 @@ class MLArrayBase:
         As in NumPy, a view sharing this array's slots when the layout allows (assigning
         through it changes this array), else a new array of the same nodes (a transposed
         array reshaped, say); gradients flow either way."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        index = self._index.reshape(shape)
+        # numpy reads the shape: varargs, a tuple, a list or a numpy array (and none: TypeError)
+        index = self._index.reshape(*shape)
         if index.size == 0 or np.may_share_memory(index, self._index):
             return type(self)._wrap(self._store, index)
         return type(self)._gather(self._store, index)
