@@ -518,6 +518,33 @@ def test_a_shape_may_be_a_numpy_array_as_in_numpy(MLArray):
         MLArray.zeros(np.array([2.0, 3.0]))
 
 
+def test_numpy_functions_call_the_methods_and_refuse_what_an_array_of_nodes_cannot_do(MLArray):
+    """np.sum(a), np.mean(a, axis=0), np.reshape(a, shape)... call the method of the same name
+    with dtype=/out=/order= keywords; the methods used to refuse the keywords themselves."""
+    data = np.array([[1.0, -2.0, 3.5], [0.5, 4.0, -1.0]])
+    a = MLArray(data)
+    cases = [
+        (np.sum(a), np.sum(data)), (np.sum(a, axis=1, keepdims=True), np.sum(data, axis=1, keepdims=True)),
+        (np.mean(a, axis=0), np.mean(data, axis=0)), (np.max(a, axis=1), np.max(data, axis=1)),
+        (np.min(a), np.min(data)), (np.var(a, axis=1), np.var(data, axis=1)),
+        (np.std(a, ddof=1), np.std(data, ddof=1)), (np.reshape(a, (3, 2)), np.reshape(data, (3, 2))),
+        (np.reshape(a, -1), np.reshape(data, -1)),
+    ]
+    for got, expected in cases:
+        assert isinstance(got, MLArray) and got.shape == expected.shape
+        np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-15)
+    total = np.sum(np.reshape(a, (3, 2)))  # the nodes are a's: gradients flow back into it
+    total.backward()
+    assert a.grad().to_list() == [[1.0] * 3] * 2
+    for call, error in [(lambda: np.sum(a, dtype=np.float32), "dtype"), (lambda: np.mean(a, out=np.zeros(())), "out="),
+                        (lambda: np.max(a, out=np.zeros(())), "out="), (lambda: a.std(dtype=float), "dtype")]:
+        with pytest.raises(TypeError, match=error):
+            call()
+    with pytest.raises(ValueError, match="order='C'"):
+        np.reshape(a, (3, 2), order="F")
+    assert a.to_list() == data.tolist()
+
+
 def test_reshape_is_a_view_where_numpy_gives_one_else_a_copy_of_the_same_nodes(MLArray):
     data = np.arange(6.0).reshape(2, 3)
     a, expected = MLArray(data), data.copy()

@@ -100,6 +100,17 @@ def _drop_leading_ones(arr: np.ndarray, ndim: int) -> np.ndarray:
     return arr
 
 
+def _numpy_only_defaults(method: str, dtype: Any, out: Any) -> None:
+    """NumPy's functions (np.sum, np.mean, ...) call an object's method of the same name with
+    dtype= and out=: accept their defaults, refuse the rest (an array of nodes has no dtype to
+    choose, and every operation makes new nodes rather than writing into an output)."""
+    if dtype is not None:
+        raise TypeError(f"MLArray.{method}: dtype={dtype!r} is not supported (elements are "
+                        "engine nodes holding Python numbers)")
+    if out is not None:
+        raise TypeError(f"MLArray.{method}: out= is not supported (the result is new nodes)")
+
+
 def _shape_arg(shape: tuple[Any, ...], what: str) -> Shape:
     """A shape given as varargs (``zeros(2, 3)``) or as one tuple/list (``zeros((2, 3))``)."""
     first = shape[0] if len(shape) == 1 else None
@@ -671,32 +682,41 @@ class MLArrayBase:
             return type(self)._from_floats(np.zeros(0), shape)
         return type(self)._new(self._kernels.array_reduce(op, self._store, pos), shape)
 
-    def sum(self, axis: Any = None, keepdims: bool = False) -> MLArrayBase:
+    def sum(self, axis: Any = None, keepdims: bool = False, *, dtype: Any = None,
+            out: Any = None) -> MLArrayBase:
         """The sum over axis (None: every axis; an int or a tuple of them): one 'sum' node per
-        output element, adding left to right with Value's '+'."""
+        output element, adding left to right with Value's '+'. (dtype and out exist so that
+        NumPy's functions -- ``np.sum(a)`` -- can call the method; only None is accepted.)"""
+        _numpy_only_defaults("sum", dtype, out)
         return self._reduce("sum", axis, keepdims)
 
-    def max(self, axis: Any = None, keepdims: bool = False) -> MLArrayBase:
+    def max(self, axis: Any = None, keepdims: bool = False, *, out: Any = None) -> MLArrayBase:
         """The maximum over axis; its gradient goes to the first maximal element (NaN wins)."""
+        _numpy_only_defaults("max", None, out)
         return self._reduce("max", axis, keepdims)
 
-    def min(self, axis: Any = None, keepdims: bool = False) -> MLArrayBase:
+    def min(self, axis: Any = None, keepdims: bool = False, *, out: Any = None) -> MLArrayBase:
         """The minimum over axis; its gradient goes to the first minimal element (NaN wins)."""
+        _numpy_only_defaults("min", None, out)
         return self._reduce("min", axis, keepdims)
 
     def _count(self, axis: Any) -> int:
         return math.prod(self._index.shape[d] for d in self._axes(axis))
 
-    def mean(self, axis: Any = None, keepdims: bool = False) -> MLArrayBase:
+    def mean(self, axis: Any = None, keepdims: bool = False, *, dtype: Any = None,
+             out: Any = None) -> MLArrayBase:
         """sum / count over axis (Value's '/': the sum times count ** -1)."""
+        _numpy_only_defaults("mean", dtype, out)
         count = self._count(axis)
         if count == 0:
             raise ValueError("mean of an empty selection")
         return self.sum(axis, keepdims) / count
 
-    def var(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> MLArrayBase:
+    def var(self, axis: Any = None, keepdims: bool = False, ddof: int = 0, *, dtype: Any = None,
+            out: Any = None) -> MLArrayBase:
         """Variance: the squared deviations from the mean, summed over axis, / (count - ddof)
         (ddof=0, NumPy's default, is the population variance)."""
+        _numpy_only_defaults("var", dtype, out)
         count = self._count(axis) - ddof
         if count <= 0:
             raise ValueError(f"var: ddof={ddof} leaves no degrees of freedom over "
@@ -704,20 +724,25 @@ class MLArrayBase:
         deviations = self - self.mean(axis, keepdims=True)
         return (deviations**2).sum(axis, keepdims) / count
 
-    def std(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> MLArrayBase:
+    def std(self, axis: Any = None, keepdims: bool = False, ddof: int = 0, *, dtype: Any = None,
+            out: Any = None) -> MLArrayBase:
         """Standard deviation: ``var(axis, keepdims, ddof) ** 0.5`` (NumPy's population
         default), one 'std' node per output element. Its gradient is PyTorch's: 0 where the
         spread is 0 (a constant slice), where ``** 0.5`` would give NaN (its derivative at 0
         is infinite)."""
+        _numpy_only_defaults("std", dtype, out)
         return self.var(axis, keepdims, ddof)._unary("std")
 
     # ========================================================================= shape changes
 
-    def reshape(self, *shape: Any) -> MLArrayBase:
+    def reshape(self, *shape: Any, order: str = "C") -> MLArrayBase:
         """The same elements in a new shape (varargs or a tuple; one dimension may be -1).
         As in NumPy, a view sharing this array's slots when the layout allows (assigning
         through it changes this array), else a new array of the same nodes (a transposed
-        array reshaped, say); gradients flow either way."""
+        array reshaped, say); gradients flow either way. Only the row-major order "C" (order
+        is there for ``np.reshape(a, shape)``, which passes it)."""
+        if order != "C":
+            raise ValueError(f"reshape: only order='C' is supported, not {order!r}")
         # numpy reads the shape: varargs, a tuple, a list or a numpy array (and none: TypeError)
         index = self._index.reshape(*shape)
         if index.size == 0 or np.may_share_memory(index, self._index):
