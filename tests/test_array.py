@@ -757,6 +757,24 @@ def test_update_values(MLArray):
         a.update_values([1, 2, 3])
 
 
+def test_update_values_keeps_ints_as_the_constructor_does(MLArray):
+    """update_values read every number as a float (5 became 5.0); it now reads them as
+    MLArray(data) does, so ``value.data`` is what micrograd's ``p.data = 5`` would hold."""
+    a = MLArray([[1.0, 2.0], [3.0, 4.0]])
+    first = a[0, 0]
+    for new, expected in [([[5, 6.5], [7, 8]], [[5, 6.5], [7, 8]]), (0, [[0, 0], [0, 0]]),
+                          (np.array([1, 2]), [[1, 2], [1, 2]]), (np.array([[1.5, 2]]), [[1.5, 2.0]] * 2),
+                          (MLArray([3, 4.0]), [[3, 4.0]] * 2), ([[2**60, -1]], [[float(2**60), -1]] * 2)]:
+        assert a.update_values(new) is a and a[0, 0] is first
+        got = a.to_list()
+        assert got == expected and [[type(x) for x in row] for row in got] == [
+            [type(x) for x in row] for row in expected], (new, got)
+    assert type((a * 2)[0, 1].data) is int  # the forward keeps the int, as Value(-1) * 2 does
+    with pytest.raises(TypeError, match="real number"):
+        a.update_values([["x", 1.0], [2.0, 3.0]])
+    assert a.to_list() == [[float(2**60), -1]] * 2  # a refused update changes nothing
+
+
 def test_mixing_with_scalar_values(MLArray, Value):
     a = MLArray([[1.0, 2.0], [3.0, 4.0]])
     w = Value(0.5)

@@ -820,6 +820,14 @@ def test_data_grad_set_data_and_zero_grad(K):
     assert [bits(v.grad) for v in K.array_values(store, arange(3))] == [bits(0), bits(5.0), bits(0)]
     K.array_set_data(store, pos(0, 1), np.array([4.0, -1.0]))
     assert element_bits(K, store, 3) == [bits(4.0), bits(-1.0), bits(-3)]
+    # is_int: an int where marked and integral (array_from_numbers' rule), else the float
+    K.array_set_data(store, pos(0, 1, 2), np.array([4.0, -0.0, 2.5]), np.array([True, True, True]))
+    assert element_bits(K, store, 3) == [bits(4), bits(0), bits(2.5)]
+    K.array_set_data(store, pos(0), np.array([7.0]), np.array([False]))
+    assert element_bits(K, store, 1) == [bits(7.0)]
+    with pytest.raises(ValueError, match="is_int"):
+        K.array_set_data(store, pos(0, 1), np.array([1.0, 2.0]), np.array([True]))
+    assert element_bits(K, store, 3) == [bits(7.0), bits(0), bits(2.5)]
     assert K.array_data(store, pos()).dtype == np.float64
 
 

@@ -290,19 +290,28 @@ def array_grad(NodeStore store not None, pos):
     return read_field(store, pos, True)
 
 
-def array_set_data(NodeStore store not None, pos, values):
-    """Each position's node gets data = values[k] (a float)."""
+def array_set_data(NodeStore store not None, pos, values, is_int=None):
+    """Each position's node gets data = values[k]: a Python int where is_int[k] and the value is
+    an integer a double holds exactly (array_from_numbers' rule), else the float."""
     cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
     cdef _ArrayArg v = array_arg(values, ARG_FLOAT64, 1, "values")
     same_length(p.n, v.n, "array_set_data: pos and values")
+    cdef _ArrayArg flags = None
+    cdef const char* ints = NULL
+    if is_int is not None:
+        flags = array_arg(is_int, ARG_BOOL, 1, "is_int")
+        same_length(p.n, flags.n, "array_set_data: pos and is_int")
+        ints = <const char*>flags.view.buf
     cdef const int64_t* q = pos_of(p)
     cdef const double* x = <const double*>v.view.buf
     cdef Py_ssize_t k
     cdef Node* n
+    cdef bint as_int
     for k in range(p.n):
         n = &A.nodes[store.slots[q[k]]]
-        n.data = x[k]
-        n.flags &= ~F_DATA_INT
+        as_int = ints != NULL and ints[k] and fits_int(x[k]) and x[k] == floor(x[k])
+        n.data = x[k] + 0.0 if as_int else x[k]
+        n.flags = (n.flags | F_DATA_INT) if as_int else (n.flags & ~F_DATA_INT)
 
 
 def array_zero_grad(NodeStore store not None, pos):

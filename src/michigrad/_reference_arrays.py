@@ -169,13 +169,18 @@ def array_grad(store: Any, pos: Any) -> np.ndarray:
 
 # ================================================================================= writing
 
-def array_set_data(store: Any, pos: Any, values: Any) -> None:
-    """Node data = these (float) values."""
+def array_set_data(store: Any, pos: Any, values: Any, is_int: Any = None) -> None:
+    """Node data = these values: an int where ``is_int[k]`` marks an integral value a double
+    holds exactly (array_from_numbers' rule), else the float."""
     targets = array_values(store, pos)
     values = _array(values, np.float64, 1, "values")
     _same_length(len(targets), len(values), "array_set_data")
-    for v, x in zip(targets, values.tolist()):
-        v.data = x
+    ints = [False] * len(values)
+    if is_int is not None:
+        ints = _array(is_int, np.bool_, 1, "is_int").tolist()
+        _same_length(len(targets), len(ints), "array_set_data: pos and is_int")
+    for v, x, i in zip(targets, values.tolist(), ints):
+        v.data = _leaf_number(x, i)
 
 
 def array_zero_grad(store: Any, pos: Any) -> None:

@@ -440,18 +440,37 @@ class MLArrayBase:
 
     def update_values(self, new_data: Any) -> MLArrayBase:
         """Set the elements' data in place from numbers of this shape (or broadcastable to
-        it), keeping the nodes; SmolML's ``update_values``. Returns self."""
-        if isinstance(new_data, MLArrayBase):
-            new_data = new_data.to_numpy()
-        data = _drop_leading_ones(np.asarray(new_data, dtype=np.float64), self.ndim)
+        it), keeping the nodes; SmolML's ``update_values``. Returns self. Numbers are read as
+        ``MLArray(new_data)`` reads them: ints stay ints, as ``value.data = 5`` keeps one."""
+        data, is_int = self._numbers_of(new_data)
+        data = _drop_leading_ones(data, self.ndim)
+        is_int = _drop_leading_ones(is_int, self.ndim) if is_int is not None else None
         try:
             data = np.broadcast_to(data, self.shape)
+            is_int = np.broadcast_to(is_int, self.shape) if is_int is not None else None
         except ValueError:
             raise ValueError(f"update_values: data of shape {data.shape} does not fit an MLArray "
                              f"of shape {self.shape}") from None
-        self._kernels.array_set_data(self._store, self._flat(),
-                                     np.ascontiguousarray(data.reshape(-1)))
+        self._kernels.array_set_data(
+            self._store, self._flat(), np.ascontiguousarray(data.reshape(-1)),
+            None if is_int is None else np.ascontiguousarray(is_int.reshape(-1)))
         return self
+
+    def _numbers_of(self, new_data: Any) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """new_data's numbers as float64 and, if any is an int, where (None: all floats)."""
+        if isinstance(new_data, MLArrayBase):
+            new_data = new_data.to_list()  # (keeps ints, which to_numpy would not)
+        if isinstance(new_data, np.ndarray) and new_data.dtype.kind in "biuf":
+            data = new_data.astype(np.float64)
+            if new_data.dtype.kind == "f":
+                return data, None
+            return data, np.abs(data) < _EXACT_INT_LIMIT  # (as MLArray(ndarray) reads them)
+        flat: list[Any] = []
+        shape = self._nested(new_data, flat)
+        numbers = [self._number(x) for x in flat]
+        data = np.array(numbers, dtype=np.float64).reshape(shape)
+        is_int = np.array([type(x) is int for x in numbers], dtype=np.bool_).reshape(shape)
+        return data, (is_int if is_int.any() else None)
 
     # ========================================================================== element-wise
 
