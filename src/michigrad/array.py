@@ -100,6 +100,16 @@ def _drop_leading_ones(arr: np.ndarray, ndim: int) -> np.ndarray:
     return arr
 
 
+def _ndarray_numbers(arr: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """A numeric numpy array's numbers as float64 (1-D) and where they are ints (None for a
+    float array): integers and bools are ints, as ``Value(np.int64(3))`` makes, except where a
+    double cannot hold them exactly."""
+    data = arr.astype(np.float64).reshape(-1)
+    if arr.dtype.kind == "f":
+        return data, None
+    return data, np.abs(data) < _EXACT_INT_LIMIT
+
+
 def _numpy_only_defaults(method: str, dtype: Any, out: Any) -> None:
     """NumPy's functions (np.sum, np.mean, ...) call an object's method of the same name with
     dtype= and out=: accept their defaults, refuse the rest (an array of nodes has no dtype to
@@ -188,11 +198,16 @@ class MLArrayBase:
         """New leaves holding these numbers (coerced as Value coerces: ints stay ints)."""
         if all(type(x) is float for x in numbers):  # the common case: no coercion to do
             return cls._from_floats(np.array(numbers, dtype=np.float64), shape)
+        data, is_int = cls._coerced(numbers)
+        return cls._new(cls._kernels.array_from_numbers(data, is_int), shape)
+
+    @classmethod
+    def _coerced(cls, numbers: list[Any]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """The numbers as Value coerces them, as float64 (1-D) and where they are ints (None:
+        all floats)."""
         nums = [cls._number(x) for x in numbers]
-        data = np.array(nums, dtype=np.float64).reshape(-1)
-        is_int = np.array([type(x) is int for x in nums], dtype=np.bool_).reshape(-1)
-        return cls._new(cls._kernels.array_from_numbers(data, is_int if is_int.any() else None),
-                        shape)
+        is_int = np.array([type(x) is int for x in nums], dtype=np.bool_)
+        return np.array(nums, dtype=np.float64).reshape(-1), (is_int if is_int.any() else None)
 
     @classmethod
     def _from_floats(cls, data: np.ndarray, shape: Shape) -> MLArrayBase:
@@ -243,11 +258,7 @@ class MLArrayBase:
     def _from_ndarray(cls, arr: np.ndarray) -> MLArrayBase:
         """A numeric numpy array: floats stay floats, integers and bools become ints (as
         ``Value(np.int64(3))`` does), except where a double cannot hold them exactly."""
-        data = arr.astype(np.float64).reshape(-1)
-        if arr.dtype.kind == "f":
-            return cls._new(cls._kernels.array_from_numbers(data, None), arr.shape)
-        is_int = np.abs(data) < _EXACT_INT_LIMIT
-        return cls._new(cls._kernels.array_from_numbers(data, is_int.reshape(-1)), arr.shape)
+        return cls._new(cls._kernels.array_from_numbers(*_ndarray_numbers(arr)), arr.shape)
 
     def _nested(self, data: Any, flat: list[Any]) -> Shape:
         """The shape of (nested) lists, appending their scalar items to flat (ValueError if
@@ -457,20 +468,18 @@ class MLArrayBase:
         return self
 
     def _numbers_of(self, new_data: Any) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """new_data's numbers as float64 and, if any is an int, where (None: all floats)."""
+        """new_data's numbers as float64 and, if any is an int, where (None: all floats), in
+        new_data's shape."""
         if isinstance(new_data, MLArrayBase):
             new_data = new_data.to_list()  # (keeps ints, which to_numpy would not)
         if isinstance(new_data, np.ndarray) and new_data.dtype.kind in "biuf":
-            data = new_data.astype(np.float64)
-            if new_data.dtype.kind == "f":
-                return data, None
-            return data, np.abs(data) < _EXACT_INT_LIMIT  # (as MLArray(ndarray) reads them)
-        flat: list[Any] = []
-        shape = self._nested(new_data, flat)
-        numbers = [self._number(x) for x in flat]
-        data = np.array(numbers, dtype=np.float64).reshape(shape)
-        is_int = np.array([type(x) is int for x in numbers], dtype=np.bool_).reshape(shape)
-        return data, (is_int if is_int.any() else None)
+            data, is_int = _ndarray_numbers(new_data)
+            shape: Shape = new_data.shape
+        else:
+            flat: list[Any] = []
+            shape = self._nested(new_data, flat)
+            data, is_int = self._coerced(flat)
+        return data.reshape(shape), (is_int.reshape(shape) if is_int is not None else None)
 
     # ========================================================================== element-wise
 
