@@ -368,6 +368,23 @@ def test_python_defined_ops_are_refused_at_capture(Value: Any) -> None:
         Graph(leaf * 2)
 
 
+def test_a_built_in_op_with_a_replaced_backward_is_refused_at_capture(Value: Any,
+                                                                      MLArray: Any) -> None:
+    """Its forward no longer describes it (the reference engine's tape captured it, and
+    replayed the op's forward with the replaced backward; found by test_property_lifetime)."""
+    x = Value(1.5)
+    y = x * 2
+    y._backward = lambda: None
+    with pytest.raises(TypeError, match=r"Python-defined op of a '\*' node"):
+        Graph(y.tanh() + 1)
+    total = MLArray([1.0, 2.0]).sum()
+    Graph(total).close()
+    total.values()[0]._backward = lambda: None
+    with pytest.raises(TypeError, match="Python-defined op of a 'sum' node"):
+        Graph(total)
+    assert y.data == 3.0 and (y + 1).data == 4.0  # the node itself still computes
+
+
 def test_a_backward_set_after_capture_is_caught_at_replay(Value: Any) -> None:
     a, b = Value(1.5), Value(-2.0)
     h = a * b

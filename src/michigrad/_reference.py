@@ -172,7 +172,8 @@ class Value:
         # internal variables used for autograd graph construction
         self._backward: Callable[[], None] = _no_backward
         # An op's forward: recomputes data from the children's current data (graph replay).
-        # None for leaves and for Python-defined ops, whose forward is not known.
+        # None for leaves and for Python-defined ops, whose forward is not known (and for an
+        # op node whose _backward was replaced: see the setter).
         self._forward: Callable[[], Number] | None = None
         self._children = children
         self._op = _op  # the op that produced this node, for graphviz / debugging / etc
@@ -216,6 +217,10 @@ class Value:
         if not callable(fn):
             raise TypeError(f"_backward must be callable, not {type(fn).__name__}")
         self._backward_fn = fn
+        # A replaced local backward makes the node a Python-defined op: its forward no longer
+        # describes it, so a Graph refuses to replay it, as the compiled engine's does. (The
+        # built-in ops install theirs through _backward_fn.)
+        self._forward = None
 
     @property
     def _prev(self) -> set[Value]:
@@ -237,7 +242,7 @@ class Value:
             self.grad += out.grad
             other.grad += out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def __mul__(self, other: Any) -> Value:
@@ -254,7 +259,7 @@ class Value:
             self.grad += other.data * out.grad
             other.grad += self.data * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def __pow__(self, other: Any, modulo: None = None) -> Value:
@@ -274,7 +279,7 @@ class Value:
         def _backward() -> None:
             self.grad += _pow_grad(self.data, c) * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def _pow_value(self, other: Value) -> Value:
@@ -289,7 +294,7 @@ class Value:
             self.grad += _pow_grad(self.data, other.data) * out.grad
             other.grad += _pow_exponent_grad(self.data, out.data) * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def __rpow__(self, other: Any) -> Value:  # other ** self
@@ -309,7 +314,7 @@ class Value:
         def _backward() -> None:
             self.grad += out.data * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def log(self) -> Value:
@@ -323,7 +328,7 @@ class Value:
         def _backward() -> None:
             self.grad += _reciprocal(self.data) * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def tanh(self) -> Value:
@@ -338,7 +343,7 @@ class Value:
             t = out.data
             self.grad += (1 - t * t) * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def relu(self) -> Value:
@@ -352,7 +357,7 @@ class Value:
         def _backward() -> None:
             self.grad += (out.data > 0) * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def sigmoid(self) -> Value:
@@ -367,7 +372,7 @@ class Value:
             s = out.data
             self.grad += (s * (1 - s)) * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     def abs(self) -> Value:
@@ -382,7 +387,7 @@ class Value:
             x = self.data
             self.grad += ((x > 0) - (x < 0)) * out.grad
 
-        out._backward = _backward
+        out._backward_fn = _backward
         return out
 
     __abs__ = abs
@@ -514,7 +519,7 @@ def linear(weights: Iterable[Value], inputs: Iterable[Any], bias: Value | None =
             w.grad += x.data * out.grad
             x.grad += w.data * out.grad
 
-    out._backward = _backward
+    out._backward_fn = _backward
     return out
 
 
@@ -564,7 +569,7 @@ def _reduction(children: list[Value], label: str, forward: Callable[[], Number],
                backward: Callable[[Value], None]) -> Value:
     out = Value(forward(), children, label)
     out._forward = forward
-    out._backward = lambda: backward(out)
+    out._backward_fn = lambda: backward(out)
     return out
 
 

@@ -230,7 +230,7 @@ def _leaky_relu(x: Value, slope: Number) -> Value:
     def _backward() -> None:
         x.grad += (1 if x.data > 0 else slope) * out.grad
 
-    out._backward = _backward
+    out._backward_fn = _backward
     return out
 
 
@@ -249,7 +249,7 @@ def _elu(x: Value, alpha: Number) -> Value:
         else:
             x.grad += (alpha * math.exp(x.data)) * out.grad
 
-    out._backward = _backward
+    out._backward_fn = _backward
     return out
 
 
@@ -265,7 +265,7 @@ def _std(x: Value, c: Number) -> Value:
     def _backward() -> None:
         x.grad += 0.0 if out.data == 0 else _pow_grad(x.data, 0.5) * out.grad
 
-    out._backward = _backward
+    out._backward_fn = _backward
     return out
 
 
