@@ -730,8 +730,11 @@ class LifetimeMachine(RuleBasedStateMachine):
             source = self.pick(self.arrs, data.draw(index))
         elif kind == "self_view" and a.c.ndim:  # an overlapping view of the target itself
             k2 = draw_key(data, a.c.shape)
-            source = Pair(a.c[k2], a.r[k2], a.g) if not isinstance(a.c[k2], VC) else \
-                Pair(a.c[k2], a.r[k2], Group(a.g.ok))
+            try:
+                view = a.c[k2], a.r[k2]
+            except IndexError:  # (index arrays that do not broadcast together)
+                view = a.c, a.r
+            source = Pair(*view, a.g if not isinstance(view[0], VC) else Group(a.g.ok))
         elif kind == "self_whole":
             source = a
         elif kind in ("list", "ndarray"):
@@ -1038,7 +1041,7 @@ LifetimeMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much])
 
+if SEED is not None:  # (on the machine: its TestCase runs it with the machine's seed)
+    seed(int(SEED))(LifetimeMachine)
 TestLifetimeMachine = LifetimeMachine.TestCase
-if SEED is not None:
-    TestLifetimeMachine = seed(int(SEED))(TestLifetimeMachine)
 
