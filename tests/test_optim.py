@@ -256,3 +256,16 @@ def test_repr_lists_the_hyperparameters():
     text = repr(AdamW([Value(1.0)], lr=0.01))
     assert text.startswith("AdamW (\nParameter Group 0\n")
     assert "    lr: 0.01" in text and "    weight_decay: 0.01" in text
+
+
+def test_a_value_of_the_other_engine_is_refused_naming_both_engines():
+    """Both engines' classes are named Value: the message said "must be Values, not Value"."""
+    import michigrad._reference as reference
+    import michigrad.engine as engine
+    other = reference.Value if engine.ENGINE == "compiled" else __import__(
+        "michigrad._engine", fromlist=["Value"]).Value
+    with pytest.raises(TypeError, match=rf"not {other.__module__}\.Value \(the optimizer takes "
+                                        rf"the active engine's {Value.__module__}\.Value\)"):
+        SGD([Value(1.0), other(2.0)], lr=0.1)
+    with pytest.raises(TypeError, match="must be Values, not float$"):
+        SGD([1.0], lr=0.1)

@@ -57,7 +57,11 @@ class Optimizer:
             group["params"] = list(group["params"])
             for p in group["params"]:
                 if not isinstance(p, Value):
-                    raise TypeError(f"optimizer params must be Values, not {type(p).__name__}")
+                    what = type(p).__name__
+                    if what == Value.__name__:  # the other engine's Value: say which is which
+                        what = (f"{type(p).__module__}.{what} (the optimizer takes the active "
+                                f"engine's {Value.__module__}.{what})")
+                    raise TypeError(f"optimizer params must be Values, not {what}")
                 if id(p) in seen:  # it would be updated twice per step
                     raise ValueError("some parameters appear more than once in the optimizer")
                 seen.add(id(p))
