@@ -1793,7 +1793,8 @@ def _arena_check():
     if len(block_users) != live_blocks:  # a block no live node reads is a leak (and its children)
         raise AssertionError(f"{live_blocks} shared blocks are allocated, {len(block_users)} in use")
     for k in range(A.capacity):
-        if A.nodes[k].refcnt != counts.get(k, 0) and A.nodes[k].refcnt > 0:
+        # live slots only: a dict lookup per free slot made each check O(capacity) in Python
+        if A.nodes[k].refcnt > 0 and A.nodes[k].refcnt != counts.get(k, 0):
             raise AssertionError(f"node {k} counts {A.nodes[k].refcnt} references, has {counts.get(k, 0)}")
     return True
 
