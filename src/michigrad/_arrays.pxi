@@ -187,25 +187,36 @@ cdef int32_t slot_node(NodeStore store, object slot) except -1:
 
 # ============================================================================ storage
 
+cdef _ArrayArg int_flags_arg(object is_int, Py_ssize_t n, str what):
+    """is_int (bool, 1-D, n entries) as a buffer, or None when it is None."""
+    if is_int is None:
+        return None
+    cdef _ArrayArg flags = array_arg(is_int, ARG_BOOL, 1, "is_int")
+    same_length(n, flags.n, what)
+    return flags
+
+
+cdef inline bint held_as_int(const char* ints, Py_ssize_t k, double x) noexcept nogil:
+    """Whether number k is held as a Python int: marked in ints (NULL: none is) and an integer
+    a double holds exactly (|x| < 2**53), as Value(1) holds one."""
+    return ints != NULL and ints[k] and fits_int(x) and x == floor(x)
+
+
 def array_from_numbers(data, is_int=None):
     """A store of new leaves, one per number of `data` (float64, 1-D); where is_int[k] (bool,
     1-D) and data[k] is an integer a double holds exactly (|x| < 2**53), the leaf holds a
     Python int, as Value(1) does; otherwise the float."""
     cdef _ArrayArg values = array_arg(data, ARG_FLOAT64, 1, "data")
-    cdef _ArrayArg flags = None
     cdef Py_ssize_t n = values.n, k
     cdef const double* x = <const double*>values.view.buf
-    cdef const char* ints = NULL
-    if is_int is not None:
-        flags = array_arg(is_int, ARG_BOOL, 1, "is_int")
-        same_length(n, flags.n, "array_from_numbers: data and is_int")
-        ints = <const char*>flags.view.buf
+    cdef _ArrayArg flags = int_flags_arg(is_int, n, "array_from_numbers: data and is_int")
+    cdef const char* ints = <const char*>flags.view.buf if flags is not None else NULL
     cdef NodeStore out = new_store(n)
     reserve(<int32_t>n)
     cdef int32_t i
     cdef bint as_int
     for k in range(n):
-        as_int = ints != NULL and ints[k] and fits_int(x[k]) and x[k] == floor(x[k])
+        as_int = held_as_int(ints, k, x[k])
         i = new_node(x[k] + 0.0 if as_int else x[k], int_flag(as_int), OP_LEAF, -1, -1)
         A.nodes[i].refcnt = 1
         out.slots[k] = i
@@ -296,12 +307,8 @@ def array_set_data(NodeStore store not None, pos, values, is_int=None):
     cdef _ArrayArg p = positions_arg(pos, store, 1, "pos")
     cdef _ArrayArg v = array_arg(values, ARG_FLOAT64, 1, "values")
     same_length(p.n, v.n, "array_set_data: pos and values")
-    cdef _ArrayArg flags = None
-    cdef const char* ints = NULL
-    if is_int is not None:
-        flags = array_arg(is_int, ARG_BOOL, 1, "is_int")
-        same_length(p.n, flags.n, "array_set_data: pos and is_int")
-        ints = <const char*>flags.view.buf
+    cdef _ArrayArg flags = int_flags_arg(is_int, p.n, "array_set_data: pos and is_int")
+    cdef const char* ints = <const char*>flags.view.buf if flags is not None else NULL
     cdef const int64_t* q = pos_of(p)
     cdef const double* x = <const double*>v.view.buf
     cdef Py_ssize_t k
@@ -309,7 +316,7 @@ def array_set_data(NodeStore store not None, pos, values, is_int=None):
     cdef bint as_int
     for k in range(p.n):
         n = &A.nodes[store.slots[q[k]]]
-        as_int = ints != NULL and ints[k] and fits_int(x[k]) and x[k] == floor(x[k])
+        as_int = held_as_int(ints, k, x[k])
         n.data = x[k] + 0.0 if as_int else x[k]
         n.flags = (n.flags | F_DATA_INT) if as_int else (n.flags & ~F_DATA_INT)
 
